@@ -1,0 +1,38 @@
+# The README's commands. Everything runs from a clean clone on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv demo test lint format bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Today a dry run of the demo sweep; later issues make it a real run.
+demo: venv
+	cd demo && ../$(BIN)/caliban run --dry_run --nogpu --xgroup demo \
+		--experiment_config experiment.json trainer.train
+	cd demo && ../$(BIN)/caliban cloud --dry_run --nogpu --project_id demo-project \
+		--xgroup demo --experiment_config experiment.json trainer.train
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: venv
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,1 @@
+"""Prefect blocks for settings that outlive a command."""

@@ -1,0 +1,1 @@
+"""The `caliban` and `expansion` command lines. Heavy packages are imported lazily."""

@@ -1,0 +1,50 @@
+"""Reading what the user points us at: experiment configs, .calibanconfig.json, who they are.
+
+Everything here turns a missing or unreadable input into a one-line SpecError.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from caliban_flows.spec import jsonc
+from caliban_flows.spec.errors import SpecError
+from caliban_flows.spec.experiment import ExperimentConfig
+
+
+def read_text(path: str, what: str) -> str:
+    p = Path(path).expanduser()
+    try:
+        return p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{what} {path!r} not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{what} {path!r} is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{what} {path!r} is not UTF-8 text") from None
+    except OSError as e:
+        raise SpecError(f"cannot read {what} {path!r}: {e.strerror}") from None
+
+
+def load_experiment_config(source: str) -> ExperimentConfig:
+    """A path, or `stdin` in any case, as Caliban accepted."""
+    if source.lower() == "stdin":
+        if sys.stdin is None:
+            raise SpecError("--experiment_config stdin, but there is no standard input")
+        text, name = sys.stdin.read(), "experiment config from stdin"
+    else:
+        text, name = read_text(source, "experiment config"), f"experiment config {source!r}"
+    if not text.strip():
+        raise SpecError(f"{name} is empty")
+    return ExperimentConfig(jsonc.loads(text, source=name))
+
+
+def current_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary uid in a container
+        return f"user{os.getuid()}"

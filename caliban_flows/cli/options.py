@@ -1,0 +1,165 @@
+"""Options shared by several commands, in Caliban's underscore spelling (dashed aliases too)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+NoGpu = Annotated[bool, typer.Option("--nogpu", help="Build and run in CPU-only mode.")]
+CloudKey = Annotated[
+    str | None,
+    typer.Option(
+        "--cloud_key",
+        "--cloud-key",
+        metavar="KEY_FILE",
+        help="Service-account key for submitting (defaults to $GOOGLE_APPLICATION_CREDENTIALS). "
+        "Used by the client only: it is never copied into an image.",
+    ),
+]
+Extras = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--extras", "-e", metavar="EXTRA", help="Extra setup.py extras to install; repeatable."
+    ),
+]
+NoCache = Annotated[
+    bool, typer.Option("--no_cache", "--no-cache", help="Build without Docker's layer cache.")
+]
+Dirs = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dir",
+        "-d",
+        metavar="DIR",
+        help="Extra directory to copy into the image; repeatable. Largest first caches best.",
+    ),
+]
+ExperimentConfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--experiment_config",
+        "--experiment-config",
+        metavar="FILE",
+        help="JSON experiment config (lists sweep, \"[a,b]\" keys zip), or 'stdin'.",
+    ),
+]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry_run", "--dry-run", help="Print every job that would run; build and submit nothing."
+    ),
+]
+ImageId = Annotated[
+    str | None,
+    typer.Option(
+        "--image_id",
+        "--image-id",
+        metavar="IMAGE",
+        help="Use this local Docker image; skip the build.",
+    ),
+]
+ImageTag = Annotated[
+    str | None,
+    typer.Option(
+        "--image_tag",
+        "--image-tag",
+        metavar="IMAGE",
+        help="Use this pushed image; skip the build and the push (--extras and --dir are unused).",
+    ),
+]
+DockerRunArgs = Annotated[
+    str | None,
+    typer.Option(
+        "--docker_run_args",
+        "--docker-run-args",
+        metavar="ARGS",
+        help="Extra `docker run` arguments, one string, split shell-style.",
+    ),
+]
+Xgroup = Annotated[
+    str | None,
+    typer.Option(
+        "--xgroup",
+        metavar="XGROUP",
+        help="Experiment group to add these jobs to (created if new; a fresh name if omitted).",
+    ),
+]
+ProjectId = Annotated[
+    str | None,
+    typer.Option(
+        "--project_id",
+        "--project-id",
+        metavar="PROJECT",
+        help="Google Cloud project (defaults to $PROJECT_ID, then gcloud's configured project).",
+    ),
+]
+Region = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        metavar="REGION",
+        help="Vertex AI region (defaults to $REGION, then us-central1).",
+    ),
+]
+MachineType = Annotated[
+    str | None,
+    typer.Option(
+        "--machine_type",
+        "--machine-type",
+        metavar="TYPE",
+        help="Machine type (default n1-standard-8 with GPUs, n1-highcpu-32 without).",
+    ),
+]
+GpuSpecOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gpu_spec",
+        "--gpu-spec",
+        metavar="NUMxGPU_TYPE",
+        help="GPUs per job, e.g. 2xV100 or 1xL4 (default 1xP100 in GPU mode).",
+    ),
+]
+TpuSpecOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tpu_spec",
+        "--tpu-spec",
+        metavar="NUMxTPU_TYPE",
+        help="TPUs per job, e.g. 8xV3. Without --gpu_spec this implies CPU mode.",
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Skip the machine/accelerator/region checks.")]
+JobName = Annotated[
+    str | None, typer.Option("--name", metavar="NAME", help="Job name (default caliban_<user>).")
+]
+Labels = Annotated[
+    list[str] | None,
+    typer.Option("--label", "-l", metavar="KEY=VALUE", help="Extra job label; repeatable."),
+]
+Module = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODULE",
+        help="Code to run: a module (trainer.train), a script (trainer/train.py) or any "
+        "other file (run.sh, run with bash).",
+        show_default=False,
+    ),
+]
+ScriptArgs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[-- SCRIPT_ARGS...]",
+        help="Arguments after `--` go to your script, before the experiment's flags.",
+        show_default=False,
+    ),
+]
+ClusterName = Annotated[
+    str | None,
+    typer.Option("--cluster_name", "--cluster-name", metavar="NAME", help="Cluster name."),
+]
+Zone = Annotated[str | None, typer.Option("--zone", metavar="ZONE", help="Compute zone.")]
+XgroupRequired = Annotated[
+    str, typer.Option("--xgroup", metavar="XGROUP", help="Experiment group.")
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]

@@ -1,0 +1,18 @@
+"""Printing plans and refusing what later work will build."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+
+from caliban_flows.spec.errors import SpecError
+
+
+def not_built(what: str, issue: int) -> SpecError:
+    """Commands whose execution is not written yet say so and exit 2; they never pretend."""
+    return SpecError(f"{what} is not built yet (issue #{issue})")
+
+
+def emit(lines: Iterable[str]) -> None:
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()

@@ -1,0 +1,156 @@
+"""What every job-running command shares: checking the command line and planning the jobs.
+
+All of it runs before anything is built or submitted, so a bad input never half-submits.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from caliban_flows.cli.inputs import current_user, load_experiment_config, read_text
+from caliban_flows.spec.entrypoint import Entrypoint, resolve_entrypoint
+from caliban_flows.spec.errors import SpecError
+from caliban_flows.spec.experiment import ExperimentConfig
+from caliban_flows.spec.jobspec import JobSpec, default_job_name, default_xgroup, job_specs
+from caliban_flows.spec.labels import parse_label
+
+CALIBANCONFIG = ".calibanconfig.json"
+
+
+def script_args(command: str, module: str, rest: Sequence[str] | None) -> list[str]:
+    """Arguments after `--`; anything between the module and `--` is a misplaced flag."""
+    rest = list(rest or [])
+    if not rest:
+        return []
+    if rest[0] != "--":
+        stray = []
+        for arg in rest:
+            if arg == "--":
+                break
+            stray.append(arg)
+        after = rest[len(stray) + 1 :]
+        fixed = " ".join(shlex.quote(a) for a in [*stray, module, "--", *after])
+        raise SpecError(
+            f"{' '.join(map(shlex.quote, stray))} came after the module {module!r} but before "
+            f"'--': put caliban flags before the module (caliban {command} ... {fixed}) or "
+            "script arguments after '--'"
+        )
+    return rest[1:]
+
+
+def resolve_module(module: str) -> Entrypoint:
+    cwd = Path.cwd()
+    return resolve_entrypoint(module, is_file=lambda p: (cwd / p).is_file(), cwd=str(cwd))
+
+
+def check_dirs(dirs: Sequence[str] | None) -> tuple[str, ...]:
+    cwd = Path.cwd().resolve()
+    out = []
+    for d in dirs or ():
+        path = (cwd / d).resolve()
+        if not path.is_dir():
+            raise SpecError(f"--dir {d!r} is not a directory under {cwd}")
+        if path != cwd and cwd not in path.parents:
+            raise SpecError(f"--dir {d!r} is outside the project directory {cwd}")
+        out.append(d)
+    return tuple(out)
+
+
+def load_calibanconfig():
+    from caliban_flows.spec.calibanconfig import parse_calibanconfig
+
+    path = Path(CALIBANCONFIG)
+    text = read_text(CALIBANCONFIG, CALIBANCONFIG) if path.exists() else None
+    return parse_calibanconfig(text)
+
+
+def docker_run_args(text: str | None) -> list[str]:
+    if not text:
+        return []
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        raise SpecError(f"--docker_run_args {text!r} cannot be split: {e}") from None
+
+
+def check_local_gpu(command: str, gpu: bool) -> None:
+    if gpu and platform.system() == "Darwin":
+        raise SpecError(
+            f"'caliban {command}' cannot use GPUs on a Mac: pass --nogpu "
+            "(GPU jobs can still go to 'caliban cloud')"
+        )
+
+
+def gpu_mode(nogpu: bool, gpu_spec: str | None, tpu_spec: str | None) -> bool:
+    """Caliban's rule: GPU by default, --nogpu for CPU, and a TPU alone means CPU."""
+    if nogpu and gpu_spec:
+        raise SpecError("--nogpu conflicts with --gpu_spec: remove one of them")
+    if nogpu:
+        return False
+    return not (tpu_spec and not gpu_spec)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked submission: the code to run, the group, and every job."""
+
+    entrypoint: Entrypoint
+    xgroup: str
+    job_name: str
+    gpu: bool
+    dirs: tuple[str, ...]
+    jobs: list[JobSpec]
+
+
+def plan(
+    *,
+    command: str,
+    module: str,
+    rest: Sequence[str] | None,
+    experiment_config: str | None,
+    xgroup: str | None,
+    dirs: Sequence[str] | None,
+    gpu: bool,
+    tpu: bool = False,
+    image: str = "dry_run_tag",
+    name: str | None = None,
+    labels: Sequence[str] | None = None,
+) -> Plan:
+    args = script_args(command, module, rest)
+    entrypoint = resolve_module(module)
+    checked_dirs = check_dirs(dirs)
+    config: ExperimentConfig | None = (
+        load_experiment_config(experiment_config) if experiment_config is not None else None
+    )
+    load_calibanconfig()  # a broken .calibanconfig.json fails now, not at build time
+    user = current_user()
+    job_name = name or default_job_name(user)
+    if not job_name.strip():
+        raise SpecError("--name must not be empty")
+    group = xgroup if xgroup is not None else default_xgroup(user, datetime.now())
+    if not group.strip():
+        raise SpecError("--xgroup must not be empty")
+    jobs = job_specs(
+        config=config,
+        script_args=args,
+        job_name=job_name,
+        image=image,
+        gpu_enabled=gpu,
+        tpu_enabled=tpu,
+        user_labels=[parse_label(label) for label in labels or ()],
+    )
+    return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs)
+
+
+def env_default(*names: str) -> str | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None

@@ -1,0 +1,1 @@
+"""Prefect flows: one experiment group per submission, plus stop, resubmit and sync."""

@@ -1,0 +1,64 @@
+"""JobSpec: one experiment of a sweep, ready for a platform to run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from caliban_flows.spec.experiment import Experiment, ExperimentConfig, to_argv
+from caliban_flows.spec.labels import job_labels
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    index: int  # 1-based, as Caliban numbered jobs
+    name: str  # "<job name>_<index>", e.g. caliban_totoro_3
+    args: tuple[str, ...]  # script args after `--`, then the experiment's flags
+    experiment: Mapping[str, object] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def default_job_name(user: str) -> str:
+    return f"caliban_{user}"
+
+
+def default_xgroup(user: str, now: datetime) -> str:
+    return f"{user}-xgroup-{now:%Y-%m-%d-%H-%M-%S}"
+
+
+def experiments_of(config: ExperimentConfig | None) -> Iterator[Experiment]:
+    """Without a config there is exactly one experiment, with no flags."""
+    if config is None:
+        yield {}
+    else:
+        yield from config.experiments()
+
+
+def job_specs(
+    *,
+    config: ExperimentConfig | None,
+    script_args: Sequence[str],
+    job_name: str,
+    image: str,
+    gpu_enabled: bool,
+    tpu_enabled: bool,
+    user_labels: Sequence[tuple[str, str]] = (),
+) -> list[JobSpec]:
+    """Every job of a submission; raises SpecError (e.g. too many labels) before any runs.
+
+    Experiment flags are sorted by key, as Caliban 0.4.2 rendered them for jobs.
+    """
+    specs = []
+    for index, exp in enumerate(experiments_of(config), 1):
+        args = (*script_args, *to_argv(exp, sort_keys=True))
+        labels = job_labels(
+            job_name=job_name,
+            image=image,
+            gpu_enabled=gpu_enabled,
+            tpu_enabled=tpu_enabled,
+            user_labels=user_labels,
+            args=args,
+        )
+        specs.append(JobSpec(index, f"{job_name}_{index}", args, exp, labels))
+    return specs

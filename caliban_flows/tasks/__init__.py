@@ -1,0 +1,1 @@
+"""Prefect tasks: build, push, expand, submit, monitor, cancel."""

@@ -1,0 +1,64 @@
+"""Shared fixtures: a user's project folder on disk, and the CLI run as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(program: str, *args: str, cwd: Path, stdin: str | None = None, env=None) -> Result:
+    merged = {**os.environ, "PROJECT_ID": "", "REGION": "", "CLOUDSDK_CONFIG": str(cwd / ".gc")}
+    merged.update(env or {})
+    done = subprocess.run(
+        [str(BIN / program), *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=merged,
+        timeout=60,
+    )
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A small Caliban-style project: a package, a top-level script and a shell script."""
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "__init__.py").write_text("")
+    (tmp_path / "trainer" / "train.py").write_text("print('training')\n")
+    (tmp_path / "top.py").write_text("print('top')\n")
+    (tmp_path / "run.sh").write_text("echo hi\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "requirements.txt").write_text("numpy\n")
+    return tmp_path
+
+
+@pytest.fixture
+def caliban(project: Path):
+    def call(*args: str, stdin: str | None = None, env=None) -> Result:
+        return run_cli("caliban", *args, cwd=project, stdin=stdin, env=env)
+
+    return call
+
+
+@pytest.fixture
+def expansion(project: Path):
+    def call(*args: str, stdin: str | None = None) -> Result:
+        return run_cli("expansion", *args, cwd=project, stdin=stdin)
+
+    return call
