@@ -47,10 +47,6 @@ def cloud(
         where = acc.parse_region(where)
         machine = acc.parse_machine_type(machine)
         acc.validate_cloud_resources(machine_type=machine, gpu=gpu, tpu=tpu, region=where)
-    if extras and not image_tag:
-        from caliban_flows.spec.dockerfile import setup_extras
-
-        setup_extras(gpu_mode, extras)
     image = image_tag or "dry_run_tag"
     p = sub.plan(
         command="cloud",
@@ -65,6 +61,7 @@ def cloud(
         name=name,
         labels=label,
     )
+    sub.check_image(p, extras, image_given=image_tag is not None)
     project = gcloud.project_id(project_id)
     if not dry_run:
         raise not_built("submitting to Vertex AI (try --dry_run)", VERTEX_ISSUE)

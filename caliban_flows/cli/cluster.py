@@ -153,6 +153,7 @@ def submit(
         name=name,
         labels=label,
     )
+    sub.check_image(p, extras, image_given=image_tag is not None)
     if not dry_run:
         raise not_built("submitting to Kubernetes (try --dry_run)", CLUSTER_ISSUE)
     resources = f"cpu: {cpu}m" + (f", memory: {min_mem}Mi" if min_mem else "")

@@ -20,16 +20,6 @@ def _default_shell() -> str:
     return "zsh" if "zsh" in os.environ.get("SHELL", "") else "bash"
 
 
-def _check_image_inputs(nogpu: bool, extras, dirs=None) -> bool:
-    gpu = sub.gpu_mode(nogpu, None, None)
-    sub.check_dirs(dirs)
-    sub.load_calibanconfig()
-    from caliban_flows.spec.dockerfile import setup_extras
-
-    setup_extras(gpu, extras or ())
-    return gpu
-
-
 def shell(
     nogpu: o.NoGpu = False,
     cloud_key: o.CloudKey = None,
@@ -47,11 +37,14 @@ def shell(
     bare: Annotated[bool, typer.Option("--bare", help="Do not mount $HOME.")] = False,
 ) -> None:
     """Open an interactive shell in the project's image, with this folder mounted."""
-    if shell is not None and shell not in ("bash", "zsh"):
+    chosen = shell or _default_shell()
+    if chosen not in ("bash", "zsh"):
         raise SpecError(f"--shell {shell!r} is not supported: use bash or zsh")
-    gpu = _check_image_inputs(nogpu, extras)
+    gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("shell", gpu)
     sub.docker_run_args(docker_run_args)
+    if image_id is None:
+        sub.dockerfile(gpu=gpu, extras=extras, shell=chosen)
     raise not_built("the interactive shell on local Docker", LOCAL_ISSUE)
 
 
@@ -82,13 +75,13 @@ def notebook(
     bare: Annotated[bool, typer.Option("--bare", help="Do not mount $HOME.")] = False,
 ) -> None:
     """Run Jupyter in the project's image, with this folder mounted."""
-    gpu = _check_image_inputs(nogpu, extras)
+    from caliban_flows.spec.dockerfile import JupyterSpec
+
+    gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("notebook", gpu)
     sub.docker_run_args(docker_run_args)
-    if jupyter_version is not None:
-        from caliban_flows.spec.dockerfile import JupyterSpec
-
-        JupyterSpec(lab=lab, version=jupyter_version).requirement  # noqa: B018 - validates
+    if image_id is None:
+        sub.dockerfile(gpu=gpu, extras=extras, jupyter=JupyterSpec(lab, jupyter_version))
     raise not_built("Jupyter on local Docker", LOCAL_ISSUE)
 
 
@@ -101,8 +94,12 @@ def build(
     dirs: o.Dirs = None,
 ) -> None:
     """Build the image run and cloud would use, and print its ID."""
-    sub.resolve_module(module)
-    _check_image_inputs(nogpu, extras, dirs)
+    sub.dockerfile(
+        gpu=sub.gpu_mode(nogpu, None, None),
+        extras=extras,
+        dirs=sub.check_dirs(dirs),
+        entrypoint=sub.resolve_module(module),
+    )
     raise not_built("building images on local Docker", LOCAL_ISSUE)
 
 
@@ -121,7 +118,7 @@ def run(
     xgroup: o.Xgroup = None,
 ) -> None:
     """Run the code in a local Docker container, one job per experiment."""
-    gpu = _check_image_inputs(nogpu, extras, dirs)
+    gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("run", gpu)
     run_args = sub.docker_run_args(docker_run_args)
     image = image_id or "dry_run_tag"
@@ -135,6 +132,7 @@ def run(
         gpu=gpu,
         image=image,
     )
+    sub.check_image(p, extras, image_given=image_id is not None)
     if not dry_run:
         raise not_built("running jobs on local Docker (try --dry_run)", LOCAL_ISSUE)
     mode = "GPU" if gpu else "CPU"

@@ -21,6 +21,7 @@ from caliban_flows.spec.jobspec import JobSpec, default_job_name, default_xgroup
 from caliban_flows.spec.labels import parse_label
 
 CALIBANCONFIG = ".calibanconfig.json"
+PROJECT_FILES = ("requirements.txt", "setup.py", "setup.cfg", "pyproject.toml", "environment.yml")
 
 
 def script_args(command: str, module: str, rest: Sequence[str] | None) -> list[str]:
@@ -68,6 +69,46 @@ def load_calibanconfig():
     path = Path(CALIBANCONFIG)
     text = read_text(CALIBANCONFIG, CALIBANCONFIG) if path.exists() else None
     return parse_calibanconfig(text)
+
+
+def dockerfile(
+    *,
+    gpu: bool,
+    extras: Sequence[str] | None = None,
+    dirs: Sequence[str] = (),
+    entrypoint: Entrypoint | None = None,
+    jupyter=None,
+    shell: str = "bash",
+) -> str:
+    """The image's Dockerfile, from the project folder as it is now; rendering validates it."""
+    from caliban_flows.spec.dockerfile import (
+        DockerfileInputs,
+        default_base_image,
+        render_dockerfile,
+        setup_extras,
+    )
+
+    config = load_calibanconfig()
+    here = {name: Path(name).is_file() for name in PROJECT_FILES}
+    installs_package = here["setup.py"] or here["pyproject.toml"]
+    inputs = DockerfileInputs(
+        base_image=config.base_image_for(gpu) or default_base_image(gpu),
+        uid=os.getuid(),
+        gid=os.getgid(),
+        user=current_user(),
+        apt_packages=tuple(config.apt_packages_for(gpu)),
+        requirements_txt=here["requirements.txt"],
+        setup_py=here["setup.py"],
+        setup_cfg=here["setup.cfg"],
+        pyproject_toml=here["pyproject.toml"],
+        setup_extras=setup_extras(gpu, extras or ()) if installs_package else (),
+        environment_yml=here["environment.yml"],
+        extra_dirs=tuple(dirs),
+        entrypoint=entrypoint,
+        jupyter=jupyter,
+        shell=shell,
+    )
+    return render_dockerfile(inputs)
 
 
 def docker_run_args(text: str | None) -> list[str]:
@@ -128,7 +169,6 @@ def plan(
     config: ExperimentConfig | None = (
         load_experiment_config(experiment_config) if experiment_config is not None else None
     )
-    load_calibanconfig()  # a broken .calibanconfig.json fails now, not at build time
     user = current_user()
     job_name = name or default_job_name(user)
     if not job_name.strip():
@@ -146,6 +186,12 @@ def plan(
         user_labels=[parse_label(label) for label in labels or ()],
     )
     return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs)
+
+
+def check_image(plan: Plan, extras: Sequence[str] | None, *, image_given: bool) -> None:
+    """Fail now, not at build time, on anything the image build would reject."""
+    if not image_given:
+        dockerfile(gpu=plan.gpu, extras=extras, dirs=plan.dirs, entrypoint=plan.entrypoint)
 
 
 def env_default(*names: str) -> str | None:
