@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         sys.stderr.write(f"{PROG}: error: {e}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

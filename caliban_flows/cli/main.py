@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -77,9 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.TyperException as e:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `caliban cluster` alone: show its help
+            sys.stderr.write(message + "\n")
+            return 2
         where = _command_path(command, argv)
         sys.stderr.write(f"{where}: error: {' '.join(message.split())}\n")
         return getattr(e, "exit_code", 2) or 2
+    except Exception as e:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("CALIBAN_DEBUG"):
+            raise
+        where = _command_path(command, argv)
+        sys.stderr.write(
+            f"{where}: internal error: {type(e).__name__}: {e} "
+            "(set CALIBAN_DEBUG=1 for the traceback, and please report it)\n"
+        )
+        return 1
     return result if isinstance(result, int) else 0
 
 

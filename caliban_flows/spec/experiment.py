@@ -32,7 +32,7 @@ _SCALARS = (bool, int, float, str, list)
 
 
 def _describe(value: Any) -> str:
-    return "null" if value is None else json.dumps(value)[:60]
+    return "null" if value is None else json.dumps(value, default=repr)[:60]
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,16 @@ class _Dict:
     @property
     def count(self) -> int:
         n = 1
-        for f in self.factors:
+        for f in self._product_factors():
             n *= len(f.choices)
         return n
+
+    def _product_factors(self) -> list[_Factor]:
+        """Caliban's product order: keys deduplicated from the end, values from the first."""
+        first: dict[Any, _Factor] = {}
+        for f in self.factors:
+            first.setdefault(f.identity, f)
+        return [first[i] for i in dict.fromkeys(f.identity for f in reversed(self.factors))]
 
     @property
     def simple(self) -> bool:
@@ -127,11 +134,7 @@ class _Dict:
             yield dict(zip(names, values))
 
     def _clashing_experiments(self) -> Iterator[Experiment]:
-        # Caliban's order: keys deduplicated from the end, values from the first occurrence.
-        first: dict[Any, _Factor] = {}
-        for f in self.factors:
-            first.setdefault(f.identity, f)
-        order = [first[i] for i in dict.fromkeys(f.identity for f in reversed(self.factors))]
+        order = self._product_factors()
         for combo in itertools.product(*(f.choices for f in order)):
             merged: Experiment = {}
             for f, row in zip(reversed(order), reversed(combo)):

@@ -61,12 +61,18 @@ configs = st.one_of(
 
 
 def decorate(text: str, rng: random.Random) -> str:
-    """Add comments and trailing commas the way users write them."""
+    """Add comments (with brackets in them) and trailing commas, the way users write them."""
+    lines = text.split("\n")
     out = []
-    for line in text.split("\n"):
+    for i, line in enumerate(lines):
+        closing = i + 1 < len(lines) and lines[i + 1].strip()[:1] in ("]", "}")
+        if closing and not line.rstrip().endswith(("[", "{", ",")) and rng.random() < 0.5:
+            line += ","
         if rng.random() < 0.3:
-            out.append('# a full-line comment, with "quotes" and // slashes')
-        out.append(line + (" // trailing" if rng.random() < 0.3 else ""))
+            out.append('# a full-line comment: "quotes", // slashes, [brackets], {braces},')
+        out.append(
+            line + (rng.choice([" // trailing ]", " # }, [", " //"]) if rng.random() < 0.3 else "")
+        )
     return "\n".join(out)
 
 
