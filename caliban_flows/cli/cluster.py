@@ -10,7 +10,7 @@ import typer
 
 from caliban_flows.cli import options as o
 from caliban_flows.cli import submission as sub
-from caliban_flows.cli.output import emit, not_built
+from caliban_flows.cli.output import NOTHING_DONE, emit, job_block, not_built
 from caliban_flows.spec.errors import SpecError
 
 CLUSTER_ISSUE = 6
@@ -129,17 +129,9 @@ def submit(
     xgroup: o.Xgroup = None,
 ) -> None:
     """Submit one Kubernetes Job per experiment."""
-    from caliban_flows.spec import accelerators as acc
-
-    gpu_mode = sub.gpu_mode(nogpu, gpu_spec, tpu_spec)
     # Cluster capacity, not Vertex's catalog, bounds counts here; the type must still exist.
-    gpu = acc.parse_gpu_spec(gpu_spec, validate_count=False) if gpu_spec else None
-    tpu = acc.parse_tpu_spec(tpu_spec, validate_count=False) if tpu_spec else None
-    if gpu_mode and gpu is None:
-        gpu = acc.default_gpu_spec()
+    gpu, tpu = sub.accelerators(nogpu, gpu_spec, tpu_spec, validate_count=False)
     _check_export(export)
-    accelerated = gpu is not None or tpu is not None
-    cpu = min_cpu if min_cpu is not None else (1500 if accelerated else 31000)
     p = sub.plan(
         command="cluster job submit",
         module=module,
@@ -149,13 +141,15 @@ def submit(
         dirs=dirs,
         gpu=gpu is not None,
         tpu=tpu is not None,
-        image=image_tag or "dry_run_tag",
+        extras=extras,
+        prebuilt_image=image_tag,
         name=name,
         labels=label,
     )
-    sub.check_image(p, extras, image_given=image_tag is not None)
     if not dry_run:
         raise not_built("submitting to Kubernetes (try --dry_run)", CLUSTER_ISSUE)
+    accelerated = gpu is not None or tpu is not None
+    cpu = min_cpu if min_cpu is not None else (1500 if accelerated else 31000)
     resources = f"cpu: {cpu}m" + (f", memory: {min_mem}Mi" if min_mem else "")
     if gpu:
         resources += f", gpu: {gpu}"
@@ -164,14 +158,11 @@ def submit(
     spot = "non-preemptible" if nonpreemptible else "preemptible"
     lines = [f"Dry run: {len(p.jobs)} Kubernetes job(s) in xgroup {p.xgroup!r}"]
     for job in p.jobs:
-        lines += [
-            f"Job {job.index} - name: {job.name}, image: {image_tag or '<built at submit>'}",
-            f"Job {job.index} - resources: {resources}, {spot}",
-            f"Job {job.index} - Experiment arguments: {list(job.args)}",
-            f"Job {job.index} - labels: {dict(job.labels)}",
-            "",
-        ]
-    lines.append("Nothing was built or submitted. Run again without --dry_run to submit.")
+        shown = image_tag or "<built at submit>"
+        lines += job_block(
+            job, f"name: {job.name}, image: {shown}", f"resources: {resources}, {spot}"
+        )
+    lines.append(NOTHING_DONE)
     emit(lines)
 
 

@@ -121,7 +121,6 @@ def run(
     gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("run", gpu)
     run_args = sub.docker_run_args(docker_run_args)
-    image = image_id or "dry_run_tag"
     p = sub.plan(
         command="run",
         module=module,
@@ -130,9 +129,10 @@ def run(
         xgroup=xgroup,
         dirs=dirs,
         gpu=gpu,
-        image=image,
+        extras=extras,
+        prebuilt_image=image_id,
     )
-    sub.check_image(p, extras, image_given=image_id is not None)
+    image = image_id or sub.PLACEHOLDER_IMAGE
     if not dry_run:
         raise not_built("running jobs on local Docker (try --dry_run)", LOCAL_ISSUE)
     mode = "GPU" if gpu else "CPU"

@@ -13,6 +13,19 @@ def not_built(what: str, issue: int) -> SpecError:
     return SpecError(f"{what} is not built yet (issue #{issue})")
 
 
+NOTHING_DONE = "Nothing was built or submitted. Run again without --dry_run to submit."
+
+
+def job_block(job, *details: str) -> list[str]:
+    """Caliban's per-job dry-run lines: `Job N - ...`, then args and labels, then a blank."""
+    return [
+        *(f"Job {job.index} - {d}" for d in details),
+        f"Job {job.index} - Experiment arguments: {list(job.args)}",
+        f"Job {job.index} - labels: {dict(job.labels)}",
+        "",
+    ]
+
+
 def emit(lines: Iterable[str]) -> None:
     sys.stdout.write("".join(line + "\n" for line in lines))
     sys.stdout.flush()

@@ -21,6 +21,7 @@ from caliban_flows.spec.jobspec import JobSpec, default_job_name, default_xgroup
 from caliban_flows.spec.labels import parse_label
 
 CALIBANCONFIG = ".calibanconfig.json"
+PLACEHOLDER_IMAGE = "dry_run_tag"  # what Caliban's dry runs showed before a build
 PROJECT_FILES = ("requirements.txt", "setup.py", "setup.cfg", "pyproject.toml", "environment.yml")
 
 
@@ -137,6 +138,20 @@ def gpu_mode(nogpu: bool, gpu_spec: str | None, tpu_spec: str | None) -> bool:
     return not (tpu_spec and not gpu_spec)
 
 
+def accelerators(
+    nogpu: bool, gpu_spec: str | None, tpu_spec: str | None, *, validate_count: bool = True
+):
+    """(gpu, tpu) specs for a job; GPU mode without --gpu_spec gets the default GPU."""
+    from caliban_flows.spec import accelerators as acc
+
+    use_gpu = gpu_mode(nogpu, gpu_spec, tpu_spec)
+    gpu = acc.parse_gpu_spec(gpu_spec, validate_count=validate_count) if gpu_spec else None
+    tpu = acc.parse_tpu_spec(tpu_spec, validate_count=validate_count) if tpu_spec else None
+    if use_gpu and gpu is None:
+        gpu = acc.default_gpu_spec()
+    return gpu, tpu
+
+
 @dataclass(frozen=True)
 class Plan:
     """A checked submission: the code to run, the group, and every job."""
@@ -159,10 +174,16 @@ def plan(
     dirs: Sequence[str] | None,
     gpu: bool,
     tpu: bool = False,
-    image: str = "dry_run_tag",
+    extras: Sequence[str] | None = None,
+    prebuilt_image: str | None = None,
     name: str | None = None,
     labels: Sequence[str] | None = None,
 ) -> Plan:
+    """Check the whole command line and plan every job; raises SpecError on any bad input.
+
+    With `prebuilt_image` (--image_id / --image_tag) nothing is built, so the project's
+    image inputs are not checked.
+    """
     args = script_args(command, module, rest)
     entrypoint = resolve_module(module)
     checked_dirs = check_dirs(dirs)
@@ -180,18 +201,14 @@ def plan(
         config=config,
         script_args=args,
         job_name=job_name,
-        image=image,
+        image=prebuilt_image or PLACEHOLDER_IMAGE,
         gpu_enabled=gpu,
         tpu_enabled=tpu,
         user_labels=[parse_label(label) for label in labels or ()],
     )
+    if prebuilt_image is None:  # fail now, not at build time
+        dockerfile(gpu=gpu, extras=extras, dirs=checked_dirs, entrypoint=entrypoint)
     return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs)
-
-
-def check_image(plan: Plan, extras: Sequence[str] | None, *, image_given: bool) -> None:
-    """Fail now, not at build time, on anything the image build would reject."""
-    if not image_given:
-        dockerfile(gpu=plan.gpu, extras=extras, dirs=plan.dirs, entrypoint=plan.entrypoint)
 
 
 def env_default(*names: str) -> str | None:
