@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo test lint format bench clean engine
 
 venv: $(VENV)/.installed
 
@@ -24,7 +24,11 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# A real Docker engine and registry: reused when reachable, else installed and started.
+engine: venv
+	$(BIN)/python -m devtools.engine up
+
+test: lint engine
 	$(BIN)/python -m pytest
 
 format: venv

@@ -55,14 +55,30 @@ def ensure() -> Path:
     return bin_dir()
 
 
-def expand_batch(texts: list[str]) -> list[dict]:
-    """Caliban's verdict and output for each config text."""
-    python = ensure() / "python"
-    payload = "".join(json.dumps(t) + "\n" for t in texts)
-    done = subprocess.run(
-        [str(python), "-c", _BATCH], input=payload, capture_output=True, text=True, check=True
-    )
-    return [json.loads(line) for line in done.stdout.splitlines()]
+class Worker:
+    """One long-lived Caliban process answering config after config (no start-up per config)."""
+
+    def __init__(self) -> None:
+        python = ensure() / "python"
+        self._proc = subprocess.Popen(
+            [str(python), "-c", _BATCH],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def expand(self, text: str) -> dict:
+        self._proc.stdin.write(json.dumps(text) + "\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the Caliban 0.4.2 reference process died")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self._proc.stdin.close()
+        self._proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

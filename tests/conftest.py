@@ -62,3 +62,14 @@ def expansion(project: Path):
         return run_cli("expansion", *args, cwd=project, stdin=stdin)
 
     return call
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A real Docker engine with a local registry; started here when none is reachable."""
+    import docker
+
+    from devtools import engine
+
+    engine.up()
+    return docker.from_env()

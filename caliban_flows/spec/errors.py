@@ -6,3 +6,7 @@ class SpecError(ValueError):
 
     Messages must be one line, name the offending value, and say what would be valid.
     """
+
+
+class CalibanError(RuntimeError):
+    """Something outside the user's input failed (an engine, a server): one line, exit 1."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +18,25 @@ class JobSpec:
     args: tuple[str, ...]  # script args after `--`, then the experiment's flags
     experiment: Mapping[str, object] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def job_key(xgroup: str, args: Sequence[str], occurrence: int = 0) -> str:
+    """A deterministic key for one experiment of a group, the same on every resubmission.
+
+    `occurrence` tells identical experiments of one submission apart (Caliban ran each).
+    """
+    text = "\0".join([xgroup, str(occurrence), *args])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def job_keys(xgroup: str, jobs: Sequence[JobSpec]) -> list[str]:
+    seen: dict[tuple[str, ...], int] = {}
+    keys = []
+    for job in jobs:
+        n = seen.get(job.args, 0)
+        seen[job.args] = n + 1
+        keys.append(job_key(xgroup, job.args, n))
+    return keys
 
 
 def default_job_name(user: str) -> str:

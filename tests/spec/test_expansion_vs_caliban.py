@@ -95,28 +95,35 @@ def _extension(text: str) -> bool:
     return ']": []' in text
 
 
-def compare(texts: list[str]) -> None:
-    for text, ref in zip(texts, caliban_ref.expand_batch(texts), strict=True):
-        got = ours(text)
-        if not ref["ok"] and got["ok"] and _extension(text):
-            continue
-        assert got["ok"] == ref["ok"], (text, ref)
-        if ref["ok"]:
-            assert got["json"] == ref["json"], text
-            assert got["flags"] == ref["flags"], text
-            assert got["job_args"] == ref["job_args"], text
+@pytest.fixture(scope="module")
+def caliban_042():
+    worker = caliban_ref.Worker()
+    yield worker
+    worker.close()
+
+
+def compare(worker: caliban_ref.Worker, text: str) -> None:
+    ref, got = worker.expand(text), ours(text)
+    if not ref["ok"] and got["ok"] and _extension(text):
+        return
+    assert got["ok"] == ref["ok"], (text, ref)
+    if ref["ok"]:
+        assert got["json"] == ref["json"], text
+        assert got["flags"] == ref["flags"], text
+        assert got["job_args"] == ref["job_args"], text
 
 
 @pytest.mark.slow
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(configs, min_size=50, max_size=50), st.randoms(use_true_random=False))
-def test_generated_configs_match_caliban(batch, rng):
-    texts = []
-    for cfg in batch:
-        indent = rng.choice([None, 2, 4])
-        text = json.dumps(cfg, indent=indent, ensure_ascii=rng.random() < 0.5)
-        texts.append(decorate(text, rng) if indent else text)
-    compare(texts)
+@settings(
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(configs, st.randoms(use_true_random=False))
+def test_generated_configs_match_caliban(caliban_042, cfg, rng):
+    indent = rng.choice([None, 2, 4])
+    text = json.dumps(cfg, indent=indent, ensure_ascii=rng.random() < 0.5)
+    compare(caliban_042, decorate(text, rng) if indent else text)
 
 
 HANDWRITTEN = [
@@ -167,5 +174,6 @@ HANDWRITTEN = [
 
 
 @pytest.mark.slow
-def test_handwritten_edge_cases_match_caliban():
-    compare(HANDWRITTEN)
+def test_handwritten_edge_cases_match_caliban(caliban_042):
+    for text in HANDWRITTEN:
+        compare(caliban_042, text)

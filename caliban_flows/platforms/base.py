@@ -1,0 +1,71 @@
+"""The small protocol every execution platform (local Docker, Vertex AI, Kubernetes) speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+# Labels we put on every remote job, so one list call by xgroup finds them all again.
+XGROUP_LABEL = "caliban.xgroup"
+JOB_KEY_LABEL = "caliban.job_key"
+ATTEMPT_LABEL = "caliban.attempt"
+
+
+class JobState(str, Enum):
+    """Caliban's job states; what `caliban status` prints."""
+
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (JobState.SUBMITTED, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything a platform needs to start one attempt of one experiment."""
+
+    xgroup: str
+    key: str
+    attempt: int
+    name: str
+    image: str
+    args: tuple[str, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    gpu: bool = False
+    run_args: tuple[str, ...] = ()  # platform-specific extras, e.g. --docker_run_args
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    """A platform's view of one job: the truth about its state."""
+
+    key: str
+    attempt: int
+    remote_id: str
+    state: JobState
+    exit_code: int | None = None
+    console_url: str | None = None
+
+
+class Platform(Protocol):
+    name: str
+
+    def submit(self, request: JobRequest) -> RemoteJob:
+        """Start the job, or return the one already started for this key and attempt."""
+
+    def poll(self, xgroup: str) -> list[RemoteJob]:
+        """Every job of the group, in one (paged) list call."""
+
+    def cancel(self, remote_ids: Sequence[str]) -> None:
+        """Stop these jobs; already finished ones are left alone."""
+
+    def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
+        """The job's output, optionally following it until the job ends."""

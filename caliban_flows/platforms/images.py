@@ -1,0 +1,157 @@
+"""Content-addressed images on a Docker engine: build once per content, push once per tag.
+
+The tag is a hash of the rendered Dockerfile and every file Docker would receive (after
+.dockerignore), so the same content never rebuilds and never re-pushes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCKERFILE_NAME = ".caliban.Dockerfile"  # added to the build context; never in the user's tree
+TAG_LENGTH = 16
+
+
+class ImageError(RuntimeError):
+    """A build or push failed; the message carries the failing step's output."""
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    path = root / ".dockerignore"
+    if not path.is_file():
+        return []
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def context_files(root: Path) -> list[str]:
+    """Paths (relative, sorted) of what Docker would receive from `root`."""
+    from docker.utils.build import exclude_paths
+
+    return sorted(exclude_paths(str(root), _ignore_patterns(root), dockerfile=DOCKERFILE_NAME))
+
+
+def _file_digest(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
+def content_hash(root: Path, dockerfile: str, files: list[str]) -> str:
+    digest = hashlib.sha256(b"dockerfile\0" + dockerfile.encode() + b"\0")
+    for rel in files:
+        path = root / rel
+        info = path.lstat()
+        digest.update(rel.encode() + b"\0" + oct(stat.S_IMODE(info.st_mode) & 0o111).encode())
+        if stat.S_ISLNK(info.st_mode):
+            digest.update(b"link\0" + os.readlink(path).encode())
+        elif stat.S_ISREG(info.st_mode):
+            digest.update(b"file\0" + _file_digest(path))
+        else:
+            digest.update(b"dir\0")
+    return digest.hexdigest()
+
+
+def repository_name(root: Path) -> str:
+    """A Docker repository name from the project folder's name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", root.resolve().name.lower()).strip("-") or "project"
+    return f"caliban/{slug}"
+
+
+def image_tag(root: Path, dockerfile: str, files: list[str] | None = None) -> str:
+    """The tag the image of this content gets: repository:hash."""
+    files = context_files(root) if files is None else files
+    return f"{repository_name(root)}:{content_hash(root, dockerfile, files)[:TAG_LENGTH]}"
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    tag: str  # repository:content-hash
+    image_id: str
+    built: bool  # False when the image already existed
+
+
+def build_image(
+    client,
+    root: Path,
+    dockerfile: str,
+    *,
+    no_cache: bool = False,
+    on_log: Callable[[str], None] = lambda line: None,
+) -> BuiltImage:
+    """Build `dockerfile` with `root` as context, unless an image for that content exists."""
+    import docker.errors
+    from docker.utils.build import create_archive
+
+    files = context_files(root)
+    tag = image_tag(root, dockerfile, files)
+    if not no_cache:
+        try:
+            return BuiltImage(tag, client.images.get(tag).id, built=False)
+        except docker.errors.ImageNotFound:
+            pass
+    context = create_archive(
+        str(root), files=[f for f in files if f != DOCKERFILE_NAME],
+        extra_files=[(DOCKERFILE_NAME, dockerfile)],
+    )  # fmt: skip
+    step_output: list[str] = []
+    try:
+        for chunk in client.api.build(
+            fileobj=context,
+            custom_context=True,
+            dockerfile=DOCKERFILE_NAME,
+            tag=tag,
+            rm=True,
+            forcerm=True,
+            nocache=no_cache,
+            decode=True,
+        ):
+            if "stream" in chunk:
+                text = chunk["stream"]
+                if text.startswith("Step "):
+                    step_output = []
+                step_output.append(text)
+                for line in text.splitlines():
+                    on_log(line)
+            if "error" in chunk:
+                detail = "".join(step_output[-20:]).strip()
+                raise ImageError(f"docker build failed: {chunk['error'].strip()}\n{detail}")
+    finally:
+        context.close()
+    return BuiltImage(tag, client.images.get(tag).id, built=True)
+
+
+@dataclass(frozen=True)
+class PushedImage:
+    reference: str  # registry/repository:tag
+    pushed: bool  # False when the registry already had it
+
+
+def push_image(
+    client, tag: str, registry: str, *, on_log: Callable[[str], None] = lambda line: None
+) -> PushedImage:
+    """Push `tag` to `registry` under the same name, unless the registry already has it."""
+    import docker.errors
+
+    repository, _, version = tag.rpartition(":")
+    reference = f"{registry.rstrip('/')}/{repository}:{version}"
+    try:
+        client.images.get_registry_data(reference)
+        return PushedImage(reference, pushed=False)
+    except (docker.errors.NotFound, docker.errors.APIError):
+        pass
+    client.images.get(tag).tag(reference)
+    for chunk in client.api.push(reference, stream=True, decode=True):
+        if "error" in chunk:
+            raise ImageError(f"docker push of {reference} failed: {chunk['error'].strip()}")
+        if "status" in chunk:
+            on_log(f"{chunk.get('id', '')} {chunk['status']}".strip())
+    return PushedImage(reference, pushed=True)

@@ -1,0 +1,173 @@
+"""Jobs as detached containers on a Docker engine, found again by their labels."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+
+from caliban_flows.platforms.base import (
+    ATTEMPT_LABEL,
+    JOB_KEY_LABEL,
+    XGROUP_LABEL,
+    JobRequest,
+    JobState,
+    RemoteJob,
+)
+from caliban_flows.spec.docker_run_args import RunOptions, parse_run_args
+
+_EXIT = re.compile(r"Exited \((-?\d+)\)")
+_STATES = {
+    "created": JobState.SUBMITTED,
+    "running": JobState.RUNNING,
+    "restarting": JobState.RUNNING,
+    "paused": JobState.RUNNING,
+    "dead": JobState.FAILED,
+}
+
+
+class GpuFallbackWarning(UserWarning):
+    pass
+
+
+def _env(opts: RunOptions) -> dict[str, str]:
+    size = shutil.get_terminal_size()
+    env = {"PYTHONUNBUFFERED": "1", "COLUMNS": str(size.columns), "LINES": str(size.lines)}
+    for path in opts.env_files:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    key, _, value = line.partition("=")
+                    env[key] = value
+    for item in opts.env:
+        key, sep, value = item.partition("=")
+        if sep:
+            env[key] = value
+        elif key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def _ports(publish: Sequence[str]) -> dict[str, int | None]:
+    """`-p HOST:CONTAINER` (or just CONTAINER) as the SDK's {container: host}."""
+    ports: dict[str, int | None] = {}
+    for spec in publish:
+        host, _, container = spec.rpartition(":")
+        ports[container] = int(host) if host else None
+    return ports
+
+
+def _remote(summary: dict) -> RemoteJob:
+    labels = summary.get("Labels") or {}
+    state = _STATES.get(summary.get("State", ""), JobState.UNKNOWN)
+    code = None
+    if summary.get("State") == "exited":
+        match = _EXIT.search(summary.get("Status", ""))
+        code = int(match.group(1)) if match else None
+        state = JobState.SUCCEEDED if code == 0 else JobState.FAILED
+    return RemoteJob(
+        key=labels.get(JOB_KEY_LABEL, ""),
+        attempt=int(labels.get(ATTEMPT_LABEL, "0") or 0),
+        remote_id=summary["Id"],
+        state=state,
+        exit_code=code,
+    )
+
+
+class LocalDocker:
+    """The local engine as a platform. Containers are kept after they end: they are the truth."""
+
+    name = "local"
+
+    def __init__(self, client=None) -> None:
+        if client is None:
+            import docker
+
+            client = docker.from_env()
+        self.client = client
+
+    def has_nvidia(self) -> bool:
+        return "nvidia" in (self.client.info().get("Runtimes") or {})
+
+    def _list(self, filters: dict) -> list[dict]:
+        return self.client.api.containers(all=True, filters=filters)
+
+    def find(self, xgroup: str, key: str, attempt: int) -> RemoteJob | None:
+        labels = [
+            f"{XGROUP_LABEL}={xgroup}",
+            f"{JOB_KEY_LABEL}={key}",
+            f"{ATTEMPT_LABEL}={attempt}",
+        ]
+        found = self._list({"label": labels})
+        return _remote(found[0]) if found else None
+
+    def submit(self, request: JobRequest) -> RemoteJob:
+        existing = self.find(request.xgroup, request.key, request.attempt)
+        if existing is not None:
+            return existing
+        opts = parse_run_args(" ".join(request.run_args)) if request.run_args else RunOptions()
+        kwargs: dict = {}
+        if request.gpu and opts.gpus is None and opts.runtime is None:
+            if self.has_nvidia():
+                kwargs["runtime"] = "nvidia"
+            else:
+                warnings.warn(
+                    "this Docker engine has no NVIDIA runtime: running on the CPU",
+                    GpuFallbackWarning,
+                    stacklevel=2,
+                )
+        if opts.gpus is not None:
+            import docker.types
+
+            count = -1 if opts.gpus == "all" else None
+            ids = None if count else [opts.gpus.removeprefix("device=")]
+            kwargs["device_requests"] = [
+                docker.types.DeviceRequest(count=count, device_ids=ids, capabilities=[["gpu"]])
+            ]
+        for name in ("network", "shm_size", "runtime", "user", "workdir"):
+            if getattr(opts, name) is not None:
+                kwargs[name if name != "workdir" else "working_dir"] = getattr(opts, name)
+        if opts.cpus is not None:
+            kwargs["nano_cpus"] = int(opts.cpus * 1e9)
+        if opts.memory is not None:
+            kwargs["mem_limit"] = opts.memory
+        if opts.volumes:
+            kwargs["volumes"] = list(opts.volumes)
+        if opts.publish:
+            kwargs["ports"] = _ports(opts.publish)
+        labels = {
+            **{f"caliban.label.{k}": v for k, v in request.labels.items()},
+            XGROUP_LABEL: request.xgroup,
+            JOB_KEY_LABEL: request.key,
+            ATTEMPT_LABEL: str(request.attempt),
+        }
+        container = self.client.containers.run(
+            request.image,
+            list(request.args),
+            detach=True,
+            labels=labels,
+            ipc_mode="host",
+            environment=_env(opts),
+            **kwargs,
+        )
+        return RemoteJob(request.key, request.attempt, container.id, JobState.SUBMITTED)
+
+    def poll(self, xgroup: str) -> list[RemoteJob]:
+        return [_remote(s) for s in self._list({"label": f"{XGROUP_LABEL}={xgroup}"})]
+
+    def cancel(self, remote_ids: Sequence[str]) -> None:
+        import docker.errors
+
+        for remote_id in remote_ids:
+            with contextlib.suppress(docker.errors.NotFound):  # already removed: nothing to stop
+                self.client.api.stop(remote_id, timeout=10)
+
+    def wait(self, remote_id: str) -> int:
+        return int(self.client.api.wait(remote_id)["StatusCode"])
+
+    def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
+        return self.client.api.logs(remote_id, stream=True, follow=follow)
