@@ -13,12 +13,12 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Today a dry run of the demo sweep; later issues make it a real run.
-demo: venv
-	cd demo && ../$(BIN)/caliban run --dry_run --nogpu --xgroup demo \
+# The demo sweep for real: build demo/'s image, run its 6 jobs on the local engine as one
+# Prefect flow run, then show the group.
+demo: venv engine
+	cd demo && ../$(BIN)/caliban run --nogpu --xgroup demo \
 		--experiment_config experiment.json trainer.train
-	cd demo && ../$(BIN)/caliban cloud --dry_run --nogpu --project_id demo-project \
-		--xgroup demo --experiment_config experiment.json trainer.train
+	cd demo && ../$(BIN)/caliban status --xgroup demo
 
 lint: venv
 	$(BIN)/ruff check .

@@ -1,4 +1,4 @@
-"""Run the three bench scripts in sequence with this interpreter."""
+"""Run the bench scripts in sequence with this interpreter."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["cli_startup.py", "expansion_100k.py", "cloud_dry_run_1k.py"]
+SCRIPTS = [
+    "cli_startup.py",
+    "expansion_100k.py",
+    "cloud_dry_run_1k.py",
+    "rebuild_code_only.py",
+    "push_unchanged.py",
+    "orchestration_overhead.py",
+    "status_1k.py",
+]
 
 
 def main() -> int:

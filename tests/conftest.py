@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,17 @@ def run_cli(program: str, *args: str, cwd: Path, stdin: str | None = None, env=N
         timeout=60,
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2):
+    """Poll until `predicate()` is truthy and return it; fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
 
 
 @pytest.fixture

@@ -1,16 +1,19 @@
-"""Experiment groups: status, stop, resubmit. Their state will live in Prefect (issue #3)."""
+"""Experiment groups: status, stop, resubmit — read from and written to Prefect."""
 
 from __future__ import annotations
 
+import json
+import sys
 from enum import Enum
 from typing import Annotated
 
 import typer
 
 from caliban_flows.cli import options as o
-from caliban_flows.cli.output import not_built
+from caliban_flows.spec.errors import CalibanError, SpecError
 
-HISTORY_ISSUE = 3
+ACTIVE = ("SUBMITTED", "RUNNING")
+PAST = {"stop": "stopped", "resubmit": "resubmitted"}
 
 
 class Format(str, Enum):
@@ -18,6 +21,80 @@ class Format(str, Enum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+def _poller():
+    """poll(platform, xgroup) with one engine client for the whole command."""
+    from caliban_flows.platforms.local import LocalDocker
+
+    clients: dict[str, object] = {}
+
+    def poll(platform: str, xgroup: str):
+        if platform != "local":
+            return []
+        if "local" not in clients:
+            from caliban_flows.cli.execute import docker_client
+
+            clients["local"] = LocalDocker(docker_client())
+        return clients["local"].poll(xgroup)
+
+    return poll
+
+
+def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
+    import httpx
+
+    from caliban_flows.cli.execute import prefect_ready
+    from caliban_flows.history import job_rows, read_group_runs
+
+    url = prefect_ready()
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            runs = read_group_runs(http, xgroup)
+    except httpx.HTTPError as e:
+        raise CalibanError(f"cannot read experiment groups from Prefect at {url}: {e}") from None
+    return runs, job_rows(runs, _poller())
+
+
+def _limit(rows: list[dict], xgroup: str | None, max_jobs: int | None) -> list[dict]:
+    """Caliban's --max_jobs: per experiment with --xgroup (default 1), else overall (8)."""
+    from caliban_flows.history import latest_attempts
+
+    if xgroup is None:
+        n = 8 if max_jobs is None else max_jobs
+        counted = latest_attempts(rows)
+        return counted[-n:] if n else counted
+    n = 1 if max_jobs is None else max_jobs
+    counts = {row["key"]: row["attempts"] for row in latest_attempts(rows)}
+    by_key: dict[str, list[dict]] = {}
+    for row in rows:
+        by_key.setdefault(row["key"], []).append({**row, "attempts": counts[row["key"]]})
+    out = []
+    for group in by_key.values():
+        group.sort(key=lambda r: r["attempt"])
+        out.extend(group[-n:] if n else group)
+    return out
+
+
+def _text(rows: list[dict], commands: dict[str, str]) -> str:
+    """Caliban's hierarchy: xgroup, experiment command, its jobs."""
+    lines: list[str] = []
+    for xgroup in dict.fromkeys(r["xgroup"] for r in rows):
+        lines.append(f"xgroup {xgroup}:")
+        group = [r for r in rows if r["xgroup"] == xgroup]
+        for key in dict.fromkeys(r["key"] for r in group):
+            jobs = [r for r in group if r["key"] == key]
+            command = " ".join([commands.get(jobs[0]["flow_run_id"], ""), *jobs[0]["args"]])
+            lines.append(f"  experiment {key}: {command.strip()}")
+            for r in jobs:
+                exit_code = "" if r["exit_code"] is None else f" exit {r['exit_code']}"
+                lines.append(
+                    f"    job {r['name']:<20} {r['state']:9s} {r['platform'].upper():>8s} "
+                    f"{r['created']} container: {(r['remote_id'] or '-')[:12]} image: "
+                    f"{r['image'] or '-'} attempt {r['attempt']}/{r['attempts']}{exit_code}"
+                )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def status(
@@ -34,8 +111,56 @@ def status(
     ] = None,
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.text,
 ) -> None:
-    """Show experiment groups, their experiments and jobs."""
-    raise not_built("reading experiment groups from Prefect", HISTORY_ISSUE)
+    """Show experiment groups, their experiments and jobs (reconciled with Docker first)."""
+    runs, rows = _rows(xgroup)
+    if xgroup is not None and not runs:
+        raise SpecError(f"no experiment group named {xgroup!r}")
+    rows = _limit(rows, xgroup, max_jobs)
+    if format is Format.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if format in (Format.table, Format.csv):
+        import pandas as pd
+
+        frame = pd.DataFrame(rows)
+        if format is Format.csv:
+            sys.stdout.write(frame.to_csv(index=False))
+        else:
+            cols = ["xgroup", "name", "state", "attempt", "attempts", "exit_code", "args"]
+            print(frame[cols].to_string(index=False) if rows else "no jobs")
+        return
+    commands = {run.flow_run_id: " ".join(run.command) for run in runs}
+    print(_text(rows, commands) if rows else "no jobs yet")
+
+
+def _latest(xgroup: str) -> tuple[list, list[dict]]:
+    """The group's runs and the newest attempt of each of its experiments."""
+    runs, rows = _rows(xgroup)
+    if not runs:
+        raise SpecError(f"no experiment group named {xgroup!r}")
+    return runs, _limit(rows, xgroup, 1)
+
+
+def _ask(rows: list[dict], verb: str, kind: str, xgroup: str, *, dry_run: bool, yes: bool):
+    """List what `verb` would touch; True when it should go ahead."""
+    if not rows:
+        print(f"no {kind} jobs in xgroup {xgroup!r}")
+        return False
+    print(f"the following jobs would be {PAST[verb]}:")
+    for r in rows:
+        print(f"  {r['name']} {r['state']} {' '.join(r['args'])}")
+    return not dry_run and _confirm(f"do you wish to {verb} these {len(rows)} jobs?", yes)
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    """Caliban's [yN]: anything but y/yes, or no input at all, means no."""
+    if yes:
+        return True
+    try:
+        answer = input(f"{question} [yN]: ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
 
 
 def stop(
@@ -44,7 +169,29 @@ def stop(
     yes: o.Yes = False,
 ) -> None:
     """Stop the group's submitted and running jobs, after asking."""
-    raise not_built("stopping experiment groups", HISTORY_ISSUE)
+    runs, latest = _latest(xgroup)
+    active = [r for r in latest if r["state"] in ACTIVE]
+    if not _ask(active, "stop", "submitted or running", xgroup, dry_run=dry_run, yes=yes):
+        return
+    _stop(runs, active)
+    print(f"stopped {len(active)} jobs in xgroup {xgroup!r}")
+
+
+def _stop(runs, active: list[dict]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from caliban_flows.cli.execute import docker_client
+    from caliban_flows.history import STOPPED_MESSAGE
+    from caliban_flows.platforms.local import LocalDocker
+
+    # Mark first, so the flow (if still running) sees it and starts nothing more.
+    run_ids = dict.fromkeys(r["flow_run_id"] for r in active)
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            client.set_flow_run_state(run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
+    ids = [r["remote_id"] for r in active if r["remote_id"] and r["platform"] == "local"]
+    LocalDocker(docker_client()).cancel(ids)
 
 
 def resubmit(
@@ -61,7 +208,47 @@ def resubmit(
     yes: o.Yes = False,
 ) -> None:
     """Rebuild from the current code and rerun the group's failed and stopped jobs."""
-    raise not_built("resubmitting experiment groups", HISTORY_ISSUE)
+    runs, latest = _latest(xgroup)
+    wanted = latest if all_jobs else [r for r in latest if r["state"] in ("FAILED", "STOPPED")]
+    if not _ask(wanted, "resubmit", "failed or stopped", xgroup, dry_run=dry_run, yes=yes):
+        return
+    last = runs[-1]
+    if last.platform != "local" or not last.build:
+        raise CalibanError(f"resubmitting {last.platform} groups is not built yet (issues #4, #6)")
+    raise typer.Exit(_resubmit_local(runs, wanted))
+
+
+def _resubmit_local(runs, wanted: list[dict]) -> int:
+    import os
+    from pathlib import Path
+
+    from caliban_flows.cli import submission as sub
+    from caliban_flows.cli.execute import run_group
+
+    last = runs[-1]
+    recipe = last.build
+    originals = {job["key"]: job for run in runs for job in run.jobs}  # newest wins
+    root = Path(recipe["root"])
+    if not root.is_dir():
+        raise CalibanError(f"the group's project folder {root} is gone; cannot rebuild")
+    os.chdir(root)
+    text = sub.dockerfile(
+        gpu=recipe["gpu"],
+        extras=recipe["extras"],
+        dirs=recipe["dirs"],
+        entrypoint=sub.resolve_module(recipe["module"]),
+    )
+    jobs = [{**originals[r["key"]], "attempt": r["attempt"] + 1} for r in wanted]
+    from caliban_flows.platforms.images import image_tag
+
+    return run_group(
+        xgroup=last.xgroup,
+        jobs=jobs,
+        command=last.command,
+        image=image_tag(root, text),
+        build={**recipe, "dockerfile": text},
+        parallel=1,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from typing import Annotated
 
 import typer
 
 from caliban_flows.cli import options as o
 from caliban_flows.cli import submission as sub
-from caliban_flows.cli.output import emit, not_built
+from caliban_flows.cli.interactive import credential_args, docker_argv, free_port, hand_over
+from caliban_flows.cli.output import emit
 from caliban_flows.spec.errors import SpecError
 
-LOCAL_ISSUE = 3
+
+def _session_image(
+    image_id: str | None, text: str | None, *, gpu: bool, no_cache: bool, **inputs
+) -> tuple[str, list[str]]:
+    """The session's image, built unless given, and the GPU flags for `docker run`.
+
+    On an engine without NVIDIA's runtime, GPU mode falls back to the CPU image.
+    """
+    from caliban_flows.cli.execute import build_here, docker_client
+    from caliban_flows.platforms.local import LocalDocker
+
+    nvidia = gpu and LocalDocker(docker_client()).has_nvidia()
+    if gpu and not nvidia:
+        print("warning: this Docker engine has no NVIDIA runtime; using CPU mode", file=sys.stderr)
+        if image_id is None:
+            text = sub.dockerfile(gpu=False, **inputs)
+    image = image_id or build_here(text, no_cache=no_cache).tag
+    return image, (["--runtime", "nvidia"] if nvidia else [])
 
 
 def _default_shell() -> str:
@@ -40,12 +59,25 @@ def shell(
     chosen = shell or _default_shell()
     if chosen not in ("bash", "zsh"):
         raise SpecError(f"--shell {shell!r} is not supported: use bash or zsh")
+    if bare:
+        chosen = "bash"  # the user's zsh setup lives in the $HOME we do not mount
     gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("shell", gpu)
-    sub.docker_run_args(docker_run_args)
-    if image_id is None:
-        sub.dockerfile(gpu=gpu, extras=extras, shell=chosen)
-    raise not_built("the interactive shell on local Docker", LOCAL_ISSUE)
+    run_args = sub.docker_run_args(docker_run_args)
+    text = None if image_id else sub.dockerfile(gpu=gpu, extras=extras, shell=chosen)
+    credentials = credential_args(cloud_key)
+    image, gpu_args = _session_image(
+        image_id, text, gpu=gpu, no_cache=no_cache, extras=extras, shell=chosen
+    )
+    argv = docker_argv(
+        image,
+        entrypoint=[f"/bin/{chosen}"],
+        bare=bare,
+        run_args=[*gpu_args, *run_args],
+        credentials=credentials,
+        tty=sys.stdin.isatty(),
+    )
+    hand_over(argv)
 
 
 def notebook(
@@ -79,10 +111,30 @@ def notebook(
 
     gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("notebook", gpu)
-    sub.docker_run_args(docker_run_args)
-    if image_id is None:
-        sub.dockerfile(gpu=gpu, extras=extras, jupyter=JupyterSpec(lab, jupyter_version))
-    raise not_built("Jupyter on local Docker", LOCAL_ISSUE)
+    run_args = sub.docker_run_args(docker_run_args)
+    jupyter = JupyterSpec(lab, jupyter_version)
+    text = None if image_id else sub.dockerfile(gpu=gpu, extras=extras, jupyter=jupyter)
+    credentials = credential_args(cloud_key)
+    chosen_port = port or free_port()
+    image, gpu_args = _session_image(
+        image_id, text, gpu=gpu, no_cache=no_cache, extras=extras, jupyter=jupyter
+    )
+    app = "lab" if lab else "notebook"
+    entrypoint = ["python", "-m", "jupyter", app, "--ip=0.0.0.0", f"--port={chosen_port}",
+                  "--no-browser"]  # fmt: skip
+    if os.getuid() == 0:  # the container runs as the caller; Jupyter refuses root without this
+        entrypoint.append("--allow-root")
+    print(f"Jupyter {app} on http://127.0.0.1:{chosen_port}", file=sys.stderr, flush=True)
+    argv = docker_argv(
+        image,
+        entrypoint=entrypoint,
+        bare=bare,
+        run_args=[*gpu_args, *run_args],
+        credentials=credentials,
+        tty=sys.stdin.isatty(),
+        ports=(chosen_port,),
+    )
+    hand_over(argv)
 
 
 def build(
@@ -92,15 +144,30 @@ def build(
     extras: o.Extras = None,
     no_cache: o.NoCache = False,
     dirs: o.Dirs = None,
+    push: Annotated[
+        bool, typer.Option("--push", help="Also push the image to --registry.")
+    ] = False,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            "--registry",
+            metavar="HOST[/PATH]",
+            help="Registry to push to (default: $CALIBAN_REGISTRY).",
+        ),
+    ] = None,
 ) -> None:
-    """Build the image run and cloud would use, and print its ID."""
-    sub.dockerfile(
-        gpu=sub.gpu_mode(nogpu, None, None),
-        extras=extras,
-        dirs=sub.check_dirs(dirs),
-        entrypoint=sub.resolve_module(module),
+    """Build the image run and cloud would use, and print its tag (pushed: its reference)."""
+    target = registry or os.environ.get("CALIBAN_REGISTRY")
+    if push and not target:
+        raise SpecError("--push needs a registry: pass --registry or set $CALIBAN_REGISTRY")
+    gpu = sub.gpu_mode(nogpu, None, None)
+    text = sub.dockerfile(
+        gpu=gpu, extras=extras, dirs=sub.check_dirs(dirs), entrypoint=sub.resolve_module(module)
     )
-    raise not_built("building images on local Docker", LOCAL_ISSUE)
+    from caliban_flows.cli.execute import build_here, push_here
+
+    built = build_here(text, no_cache=no_cache)
+    print(push_here(built.tag, target) if push else built.tag)
 
 
 def run(
@@ -116,11 +183,15 @@ def run(
     image_id: o.ImageId = None,
     docker_run_args: o.DockerRunArgs = None,
     xgroup: o.Xgroup = None,
+    parallel: Annotated[
+        int,
+        typer.Option("--parallel", min=1, help="Jobs to run at once (Caliban ran one at a time)."),
+    ] = 1,
 ) -> None:
     """Run the code in a local Docker container, one job per experiment."""
     gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("run", gpu)
-    run_args = sub.docker_run_args(docker_run_args)
+    run_args = sub.docker_run_args(docker_run_args) + credential_args(cloud_key)
     p = sub.plan(
         command="run",
         module=module,
@@ -134,7 +205,12 @@ def run(
     )
     image = image_id or sub.PLACEHOLDER_IMAGE
     if not dry_run:
-        raise not_built("running jobs on local Docker (try --dry_run)", LOCAL_ISSUE)
+        from caliban_flows.cli.execute import run_local
+
+        code = run_local(
+            p, image_id=image_id, run_args=run_args, no_cache=no_cache, parallel=parallel
+        )
+        raise typer.Exit(code)
     mode = "GPU" if gpu else "CPU"
     docker = ["docker", "run", "--ipc", "host", "-e", "PYTHONUNBUFFERED=1", *run_args, image]
     lines = [

@@ -11,7 +11,7 @@ import typer
 from caliban_flows import __version__
 from caliban_flows.cli import cloud, cluster, history, local
 from caliban_flows.cli.flagfile import expand_flagfiles
-from caliban_flows.spec.errors import SpecError
+from caliban_flows.spec.errors import CalibanError, SpecError
 
 # Abseil gave Caliban's commands --helpfull; we keep it as another name for --help.
 CONTEXT = {"help_option_names": ["-h", "--help", "--helpfull"]}
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as e:
         sys.stderr.write(f"{_command_path(command, argv)}: error: {e}\n")
         return 2
+    except CalibanError as e:
+        sys.stderr.write(f"{_command_path(command, argv)}: error: {e}\n")
+        return 1
     except typer.Abort:
         sys.stderr.write("caliban: aborted\n")
         return 130

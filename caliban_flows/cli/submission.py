@@ -113,12 +113,11 @@ def dockerfile(
 
 
 def docker_run_args(text: str | None) -> list[str]:
-    if not text:
-        return []
-    try:
-        return shlex.split(text)
-    except ValueError as e:
-        raise SpecError(f"--docker_run_args {text!r} cannot be split: {e}") from None
+    """The words of --docker_run_args, after checking every flag can be passed on."""
+    from caliban_flows.spec.docker_run_args import parse_run_args
+
+    parse_run_args(text)
+    return shlex.split(text) if text else []
 
 
 def check_local_gpu(command: str, gpu: bool) -> None:
@@ -162,6 +161,8 @@ class Plan:
     gpu: bool
     dirs: tuple[str, ...]
     jobs: list[JobSpec]
+    extras: tuple[str, ...] = ()
+    dockerfile: str | None = None  # None when a prebuilt image is used
 
 
 def plan(
@@ -206,9 +207,10 @@ def plan(
         tpu_enabled=tpu,
         user_labels=[parse_label(label) for label in labels or ()],
     )
+    text = None
     if prebuilt_image is None:  # fail now, not at build time
-        dockerfile(gpu=gpu, extras=extras, dirs=checked_dirs, entrypoint=entrypoint)
-    return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs)
+        text = dockerfile(gpu=gpu, extras=extras, dirs=checked_dirs, entrypoint=entrypoint)
+    return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs, tuple(extras or ()), text)
 
 
 def env_default(*names: str) -> str | None:

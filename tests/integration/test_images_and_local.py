@@ -14,6 +14,7 @@ from caliban_flows.platforms.local import LocalDocker
 from caliban_flows.spec.dockerfile import DockerfileInputs, render_dockerfile
 from caliban_flows.spec.entrypoint import Entrypoint
 from caliban_flows.spec.jobspec import job_key
+from tests.conftest import wait_for
 
 REGISTRY = "127.0.0.1:5000"
 
@@ -47,16 +48,6 @@ def project(tmp_path: Path) -> Path:
     (tmp_path / "secret.key").write_text("do not ship\n")
     (tmp_path / ".dockerignore").write_text("*.key\n")
     return tmp_path
-
-
-def wait_for(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_build_is_content_addressed_and_code_change_keeps_dependency_layers(docker_client, project):

@@ -1,0 +1,103 @@
+"""What Prefect orchestration costs per job: `caliban run` of a sweep vs plain `docker run`.
+
+A 10-job sweep of a trivial trainer (prints its args, exits 0) on a prebuilt image: timed as
+`caliban run --image_id TAG` (each job a container, one after another, through a Prefect flow
+run; warm server, a fresh xgroup per run) and as 10 `docker run --rm TAG --i k` one after
+another. Per-job overhead = (median caliban total - median docker total) / 10.
+
+The cold start of the local Prefect server is timed too, in fresh caliban homes: the
+`backend.api_url()` call alone, and a first-ever `caliban status` end to end (which also
+starts the server the warm runs then use).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import _common as C
+import _engine as E
+
+N, RUNS, WARMUP = 10, 3, 1
+TARGET_JOB_S = 1.0  # seconds of overhead per job, warm
+TARGET_START_S = 3.0  # seconds for backend.api_url() in a fresh home
+API_URL = (
+    "from caliban_flows import backend; import time; t = time.perf_counter(); "
+    "backend.api_url(); print(time.perf_counter() - t)"
+)
+
+
+def main() -> None:
+    info = E.up()
+    client = info.client()
+    docker_cli = shutil.which("docker")
+    if docker_cli is None:
+        raise RuntimeError("no docker CLI on PATH")
+    run_id = E.unique()[:8]
+    xgroups = [f"bench-orch-{run_id}-{i}" for i in range(WARMUP + RUNS)]
+    tag = None
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        project = d / "bench-orch"
+        env = E.env_for(d / "home", info)
+        cold_env = E.env_for(d / "cold-home", info)
+        try:
+            # Cold start, alone: a fresh home whose server is stopped again right after.
+            cold_wall, out, _ = E.run_out([E.PYTHON, "-c", API_URL], env=cold_env)
+            cold_api = float(out.strip().splitlines()[-1])
+            E.stop_server(cold_env)
+            # Cold `caliban status`, end to end; it leaves the server up for the warm runs.
+            E.write_project(project)
+            (project / "exp.json").write_text(json.dumps({"i": list(range(N))}))
+            cold_status, _, _ = E.run_out([E.CALIBAN, "status"], cwd=project, env=env)
+
+            build = [E.CALIBAN, "build", "--nogpu", "trainer.train"]
+            _, out, _ = E.run_out(build, cwd=project, env=env)
+            tag = out.strip()
+
+            ours = []
+            for i, xgroup in enumerate(xgroups):
+                cmd = [E.CALIBAN, "run", "--nogpu", "--image_id", tag, "--xgroup", xgroup]
+                cmd += ["--experiment_config", "exp.json", "trainer.train"]
+                t, _, log = E.run_out(cmd, cwd=project, env=env)
+                if f"{N} jobs succeeded" not in log:
+                    raise RuntimeError(f"caliban run did not report {N} successes: {log[-300:]}")
+                if i >= WARMUP:
+                    ours.append(t)
+
+            plain = []
+            for _ in range(RUNS):
+                total = 0.0
+                for k in range(N):
+                    cmd = [docker_cli, "run", "--rm", tag, "--i", str(k)]
+                    total += E.run_out(cmd, env=env)[0]
+                plain.append(total)
+        finally:
+            E.stop_server(cold_env)
+            E.stop_server(env)
+            E.remove_containers(client, xgroups)
+            E.remove_images(client, [tag] if tag else [])
+
+    C.header(f"{N}-job sweep, prebuilt image: caliban run (warm server) vs {N} x docker run")
+    C.table([("caliban run", ours), ("docker run --rm x10", plain)])
+    print(f"(caliban run: {RUNS} runs after {WARMUP} warm-up run, each a new xgroup)")
+    per_job = (C.median(ours) - C.median(plain)) / N
+    print(f"per-job overhead (medians): {per_job:.3f} s")
+    print(f"ratio caliban run / docker run (medians): {C.median(ours) / C.median(plain):.2f}x")
+    C.verdict(
+        f"per-job overhead <= {TARGET_JOB_S} s (got {per_job:.3f} s)", per_job <= TARGET_JOB_S
+    )
+
+    C.header("first-ever command: local Prefect server start-up, fresh caliban home")
+    print(f"backend.api_url() alone:        {cold_api:.3f} s  (whole process {cold_wall:.3f} s)")
+    print(f"caliban status, end to end:     {cold_status:.3f} s")
+    C.verdict(
+        f"backend.api_url() in a fresh home <= {TARGET_START_S} s (got {cold_api:.3f} s)",
+        cold_api <= TARGET_START_S,
+    )
+
+
+if __name__ == "__main__":
+    main()

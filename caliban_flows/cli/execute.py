@@ -1,0 +1,204 @@
+"""Running planned jobs for real: the Docker engine, the Prefect backend, the group flow."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from caliban_flows.cli import submission as sub
+from caliban_flows.spec.errors import CalibanError
+from caliban_flows.spec.jobspec import job_keys
+
+
+def docker_client():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise CalibanError(
+            f"cannot reach a Docker engine ({e}); start one, or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+def _show_build_line(line: str) -> None:
+    if line.strip():
+        print(line, file=sys.stderr, flush=True)
+
+
+def build_here(dockerfile: str, *, no_cache: bool):
+    """Build the current folder's image now, streaming Docker's output to stderr."""
+    from caliban_flows.platforms.images import ImageError, build_image
+
+    client = docker_client()
+    try:
+        return build_image(
+            client,
+            Path.cwd(),
+            dockerfile,
+            no_cache=no_cache,
+            on_log=_show_build_line,
+        )
+    except ImageError as e:
+        raise CalibanError(str(e).splitlines()[0]) from e
+
+
+def push_here(tag: str, registry: str) -> str:
+    """Push unless the registry has the tag already; return the pushed reference."""
+    from caliban_flows.platforms.images import ImageError, push_image
+
+    try:
+        pushed = push_image(docker_client(), tag, registry, on_log=_show_build_line)
+    except ImageError as e:
+        raise CalibanError(str(e)) from e
+    if not pushed.pushed:
+        print(f"{pushed.reference} is already in the registry: nothing pushed", file=sys.stderr)
+    return pushed.reference
+
+
+def prefect_ready() -> str:
+    """Point Prefect at caliban's backend before prefect is imported; return the API URL.
+
+    Prefect's own log lines are quieted: caliban prints each job's outcome itself.
+    """
+    from caliban_flows import backend
+
+    try:
+        url = backend.use_backend()
+    except backend.BackendError as e:
+        raise CalibanError(str(e)) from None
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return url
+
+
+def local_attempts(client, xgroup: str) -> dict[str, int]:
+    from caliban_flows.platforms.local import LocalDocker
+
+    latest: dict[str, int] = {}
+    for job in LocalDocker(client).poll(xgroup):
+        latest[job.key] = max(latest.get(job.key, 0), job.attempt)
+    return latest
+
+
+def recipe(plan: sub.Plan, *, no_cache: bool) -> dict:
+    """What a resubmit needs to rebuild the image from the current code."""
+    return {
+        "root": str(Path.cwd()),
+        "module": plan.entrypoint.target,
+        "gpu": plan.gpu,
+        "extras": list(plan.extras),
+        "dirs": list(plan.dirs),
+        "no_cache": no_cache,
+    }
+
+
+def run_group(
+    *,
+    xgroup: str,
+    jobs: list[dict],
+    command: list[str],
+    image: str | None,
+    build: dict | None,
+    parallel: int,
+) -> int:
+    """Run one submission of a group as a flow run; 0 when every job succeeded."""
+    prefect_ready()
+    from prefect import tags
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from caliban_flows.flows.experiment_group import (
+        LAST_RUN,
+        experiment_group,
+        group_tags,
+        mark_stopped,
+    )
+
+    flow = experiment_group.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=max(parallel, 1))
+    )
+    try:
+        with (
+            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+            tags(*group_tags(xgroup, "local")),
+        ):
+            state = flow(
+                xgroup=xgroup,
+                platform="local",
+                jobs=jobs,
+                command=command,
+                image=image,
+                build=build,
+                parallel=parallel,
+                return_state=True,
+            )
+    except KeyboardInterrupt:
+        if "id" in LAST_RUN:
+            mark_stopped(LAST_RUN["id"])
+        print(f"\nstopped: the running jobs of xgroup {xgroup!r} were stopped", file=sys.stderr)
+        return 130
+    print(f"xgroup {xgroup!r}: {state.message or state.name}", file=sys.stderr)
+    return 0 if state.is_completed() else 1
+
+
+def start_backend_early() -> None:
+    """Let the Prefect server start (5-15 s when cold) while the image builds."""
+    from caliban_flows import backend
+
+    try:
+        backend.start_in_background()
+    except backend.BackendError as e:
+        raise CalibanError(str(e)) from None
+
+
+def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_cache: bool,
+              parallel: int) -> int:  # fmt: skip
+    client = docker_client()
+    start_backend_early()
+    from caliban_flows.platforms.local import LocalDocker
+
+    gpu = plan.gpu
+    dockerfile = plan.dockerfile
+    if gpu and not LocalDocker(client).has_nvidia():
+        print(
+            "caliban run: warning: this Docker engine has no NVIDIA runtime; running in CPU mode",
+            file=sys.stderr,
+        )
+        gpu = False
+        if image_id is None:
+            dockerfile = sub.dockerfile(
+                gpu=False, extras=plan.extras, dirs=plan.dirs, entrypoint=plan.entrypoint
+            )
+    previous = local_attempts(client, plan.xgroup)
+    jobs = [
+        {
+            "key": key,
+            "attempt": previous.get(key, 0) + 1,
+            "name": spec.name,
+            "args": list(spec.args),
+            "labels": dict(spec.labels),
+            "gpu": gpu,
+            "run_args": run_args,
+        }
+        for key, spec in zip(job_keys(plan.xgroup, plan.jobs), plan.jobs)
+    ]
+    build = None
+    image = image_id
+    if image_id is None:
+        build = {"dockerfile": dockerfile, **recipe(plan, no_cache=no_cache), "gpu": gpu}
+        # Built here, overlapping the server's start; the flow's build task then finds it
+        # (and records it) instead of building while nothing else can happen.
+        image = build_here(dockerfile, no_cache=no_cache).tag
+        build["no_cache"] = False
+    return run_group(
+        xgroup=plan.xgroup,
+        jobs=jobs,
+        command=plan.entrypoint.command(),
+        image=image,
+        build=build,
+        parallel=parallel,
+    )

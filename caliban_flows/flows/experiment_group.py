@@ -1,0 +1,118 @@
+"""One experiment group submission = one Prefect flow run: build, then one task run per job."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.states import Cancelled, Completed, Failed
+
+from caliban_flows.history import STOPPED_MESSAGE
+from caliban_flows.platforms.base import JobRequest
+from caliban_flows.tasks.jobs import build_image, run_local_job
+
+FLOW_NAME = "caliban-experiment-group"
+LAST_RUN: dict[str, str] = {}
+
+
+def group_tags(xgroup: str, platform: str) -> list[str]:
+    """Tags that find a group's flow runs again (Prefect filters tags server-side)."""
+    return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}"]
+
+
+@flow(name=FLOW_NAME, flow_run_name="{xgroup}", persist_result=False)
+def experiment_group(
+    xgroup: str,
+    platform: str,
+    jobs: list[dict],
+    command: list[str] | None = None,
+    image: str | None = None,
+    build: dict | None = None,
+    parallel: int = 1,
+):
+    """Build the image (when `build` is given), then run every job.
+
+    The parameters are also the group's record: `caliban status` reads `jobs` (key, attempt,
+    name, args ...) and `command` back, and `caliban resubmit` rebuilds from `build`. The run
+    fails when any job fails.
+    """
+    from prefect.runtime import flow_run
+
+    LAST_RUN["id"] = flow_run.id  # for the caller, should the run end with Ctrl-C
+    if build is not None:
+        built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
+        image = built["tag"]
+    requests = [
+        JobRequest(
+            xgroup=xgroup,
+            key=j["key"],
+            attempt=j["attempt"],
+            name=j["name"],
+            image=image,
+            args=tuple(j["args"]),
+            labels=j.get("labels", {}),
+            gpu=j.get("gpu", False),
+            run_args=tuple(j.get("run_args", ())),
+        )
+        for j in jobs
+    ]
+    try:
+        states = _run_all(requests, parallel)
+    except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
+        _cancel_running(xgroup, {r.key for r in requests})
+        raise
+    if _stopped():  # `caliban stop` cancelled this run: keep it cancelled, not failed
+        return Cancelled(message=STOPPED_MESSAGE)
+    failed = sum(1 for s in states if not s.is_completed())
+    if failed:
+        return Failed(message=f"{failed} of {len(states)} jobs failed")
+    return Completed(message=f"{len(states)} jobs succeeded")
+
+
+def _run_all(requests: list[JobRequest], parallel: int) -> list:
+    states = []
+    if parallel <= 1:  # Caliban's way: one after another, output streamed to the terminal
+        for request in requests:
+            if _stopped():
+                break
+            print(f"Job {request.name} - Experiment args: {list(request.args)}", flush=True)
+            state = run_local_job(request, stream=True, return_state=True)
+            print(_outcome(request, state), flush=True)
+            states.append(state)
+    else:
+        futures = [run_local_job.submit(r, stream=False) for r in requests]
+        for request, future in zip(requests, futures):
+            future.wait()
+            states.append(future.state)
+            print(_outcome(request, future.state), flush=True)
+    return states
+
+
+def _cancel_running(xgroup: str, keys: set[str]) -> None:
+    from caliban_flows.platforms.local import LocalDocker
+
+    local = LocalDocker()
+    local.cancel(
+        [j.remote_id for j in local.poll(xgroup) if j.key in keys and not j.state.terminal]
+    )
+
+
+def mark_stopped(flow_run_id: str) -> None:
+    """Record a stopped run as Cancelled, also over the Crashed state an interrupt leaves."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
+
+
+def _stopped() -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    return state is not None and (state.is_cancelled() or state.is_cancelling())
+
+
+def _outcome(request: JobRequest, state) -> str:
+    if state.is_completed():
+        return f"Job {request.name} succeeded!"
+    return f"Job {request.name} failed: {state.message}"

@@ -1,0 +1,223 @@
+"""`caliban` end to end on a real Docker engine and a real Prefect server, as a user types it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN, wait_for
+
+TRAIN = """\
+import sys, time
+args = sys.argv[1:]
+print("training with", args, flush=True)
+if "--sleep" in args:
+    time.sleep(float(args[args.index("--sleep") + 1]))
+code = int(args[args.index("--exit") + 1]) if "--exit" in args else 0
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="session")
+def caliban_home(tmp_path_factory, docker_client):
+    """One caliban home (and so one background Prefect server) for the whole session."""
+    home = tmp_path_factory.mktemp("caliban-home")
+    yield home
+    subprocess.run(
+        [str(BIN / "python"), "-c", "from caliban_flows import backend; backend.stop()"],
+        env={**os.environ, "CALIBAN_HOME": str(home)},
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "__init__.py").write_text("")
+    (tmp_path / "trainer" / "train.py").write_text(TRAIN + f"# {uuid.uuid4()}\n")
+    (tmp_path / "requirements.txt").write_text("six\n")
+    return tmp_path
+
+
+@pytest.fixture
+def cli(project: Path, caliban_home: Path):
+    env = {
+        **os.environ,
+        "CALIBAN_HOME": str(caliban_home),
+        "PREFECT_API_URL": "",
+        "HOME": str(project.parent / "home"),
+    }
+    env.pop("PREFECT_API_URL")
+
+    def run(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "caliban"), *args],
+            cwd=project,
+            env=kwargs.pop("env", env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    run.env = env
+    return run
+
+
+def status(cli, xgroup: str) -> list[dict]:
+    done = cli("status", "--xgroup", xgroup, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def start_long_job(cli, project: Path, xgroup: str) -> subprocess.Popen:
+    """`caliban run` of a 10-minute job in the background, returned once it is RUNNING."""
+    running = subprocess.Popen(
+        [str(BIN / "caliban"), "run", "--nogpu", "--xgroup", xgroup, "trainer.train",
+         "--", "--sleep", "600"],
+        cwd=project, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(lambda: cli("status", "--xgroup", xgroup, "--format", "json").returncode == 0
+             and status(cli, xgroup)[0]["state"] == "RUNNING")  # fmt: skip
+    return running
+
+
+def test_build_then_cache_hit_then_code_only_rebuild(cli, project):
+    first = cli("build", "--nogpu", "trainer.train")
+    assert first.returncode == 0, first.stderr
+    tag = first.stdout.strip()
+    assert tag.startswith("caliban/")
+
+    again = cli("build", "--nogpu", "trainer.train")
+    assert again.stdout.strip() == tag
+    assert "Step" not in again.stderr  # nothing was built
+
+    (project / "trainer" / "train.py").write_text(TRAIN + f"# a code-only change {uuid.uuid4()}\n")
+    changed = cli("build", "--nogpu", "trainer.train")
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.strip() != tag
+    # The dependency steps came from the cache: no pip install ran.
+    assert "Collecting six" not in changed.stderr
+    assert "Using cache" in changed.stderr
+
+
+def test_sweep_with_a_failing_job_then_status(cli, project):
+    xgroup = f"sweep-{uuid.uuid4().hex[:8]}"
+    (project / "exp.json").write_text('{"exit": [0, 3, 0]}')
+    done = cli("run", "--nogpu", "--xgroup", xgroup, "--experiment_config", "exp.json",
+               "trainer.train", "--", "--tag", "x")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "training with ['--tag', 'x', '--exit', '3']" in done.stdout
+
+    jobs = status(cli, xgroup)
+    assert [j["args"] for j in jobs] == [
+        ["--tag", "x", "--exit", "0"],
+        ["--tag", "x", "--exit", "3"],
+        ["--tag", "x", "--exit", "0"],
+    ]
+    assert [j["state"] for j in jobs] == ["SUCCEEDED", "FAILED", "SUCCEEDED"]
+    assert [j["exit_code"] for j in jobs] == [0, 3, 0]
+    assert all(j["platform"] == "local" and j["attempt"] == 1 and j["remote_id"] for j in jobs)
+
+    text = cli("status", "--xgroup", xgroup)
+    assert text.returncode == 0
+    assert f"xgroup {xgroup}:" in text.stdout
+    assert "python -m trainer.train --tag x --exit 3" in text.stdout
+
+
+def test_resubmit_after_fixing_the_code(cli, project):
+    xgroup = f"fix-{uuid.uuid4().hex[:8]}"
+    (project / "exp.json").write_text('{"exit": [0, 5]}')
+    assert cli("run", "--nogpu", "--xgroup", xgroup, "--experiment_config", "exp.json",
+               "trainer.train").returncode == 1  # fmt: skip
+    (project / "trainer" / "train.py").write_text(TRAIN.replace("sys.exit(code)", "sys.exit(0)"))
+
+    done = cli("resubmit", "--xgroup", xgroup, "--yes")
+    assert done.returncode == 0, done.stderr
+    jobs = {tuple(j["args"]): j for j in status(cli, xgroup)}
+    fixed = jobs[("--exit", "5")]
+    assert fixed["state"] == "SUCCEEDED" and fixed["attempt"] == 2 and fixed["attempts"] == 2
+    assert jobs[("--exit", "0")]["attempt"] == 1  # only the failed one ran again
+
+
+def test_stop_a_long_job(cli, project):
+    xgroup = f"stop-{uuid.uuid4().hex[:8]}"
+    running = start_long_job(cli, project, xgroup)
+    try:
+        dry = cli("stop", "--xgroup", xgroup, "--dry_run")
+        assert "would be stopped" in dry.stdout and status(cli, xgroup)[0]["state"] == "RUNNING"
+        declined = cli("stop", "--xgroup", xgroup, input="n\n")
+        assert status(cli, xgroup)[0]["state"] == "RUNNING", declined.stdout
+        stopped = cli("stop", "--xgroup", xgroup, input="y\n")
+        assert stopped.returncode == 0, stopped.stderr
+        assert wait_for(lambda: status(cli, xgroup)[0]["state"] == "STOPPED")
+        assert running.wait(timeout=60) != 0
+    finally:
+        running.kill()
+
+
+def test_container_killed_behind_callers_back_shows_failed(cli, project, docker_client):
+    xgroup = f"kill-{uuid.uuid4().hex[:8]}"
+    running = subprocess.Popen(
+        [str(BIN / "caliban"), "run", "--nogpu", "--xgroup", xgroup, "trainer.train",
+         "--", "--sleep", "600"],
+        cwd=project, env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        container = wait_for(
+            lambda: docker_client.containers.list(filters={"label": f"caliban.xgroup={xgroup}"})
+        )[0]
+        running.kill()  # nothing watches the job any more
+        running.wait(timeout=30)
+        container.kill()
+        job = wait_for(lambda: [j for j in status(cli, xgroup) if j["state"] != "RUNNING"])[0]
+        assert job["state"] == "FAILED" and job["exit_code"] == 137
+    finally:
+        running.kill()
+
+
+def test_no_credentials_in_any_image_layer(cli, project, docker_client, tmp_path):
+    secret = f"secret-{uuid.uuid4().hex}"
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps({"private_key": secret}))
+    adc = Path(cli.env["HOME"]) / ".config" / "gcloud"
+    adc.mkdir(parents=True)
+    (adc / "application_default_credentials.json").write_text(json.dumps({"token": secret}))
+    built = cli("build", "--nogpu", "--cloud_key", str(key), "trainer.train",
+                env={**cli.env, "GOOGLE_APPLICATION_CREDENTIALS": str(key)})  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    image = docker_client.images.get(built.stdout.strip())
+    archive = io.BytesIO(b"".join(image.save()))
+    with tarfile.open(fileobj=archive) as outer:
+        layers = [m for m in outer.getmembers() if m.name.endswith("layer.tar")]
+        assert layers
+        for member in layers:
+            with tarfile.open(fileobj=outer.extractfile(member)) as layer:
+                for item in layer.getmembers():
+                    assert "credentials" not in item.name and not item.name.endswith("key.json")
+                    if item.isfile():
+                        assert secret.encode() not in layer.extractfile(item).read()
+    env = image.attrs["Config"].get("Env") or []
+    assert not any(v.startswith("GOOGLE_APPLICATION_CREDENTIALS") for v in env)
+
+
+def test_ctrl_c_stops_the_container_and_marks_the_job_stopped(cli, project, docker_client):
+    xgroup = f"ctrlc-{uuid.uuid4().hex[:8]}"
+    running = start_long_job(cli, project, xgroup)
+    try:
+        running.send_signal(signal.SIGINT)
+        assert running.wait(timeout=60) == 130
+        job = status(cli, xgroup)[0]
+        assert job["state"] == "STOPPED"
+        labels = {"label": f"caliban.xgroup={xgroup}"}
+        assert docker_client.containers.list(filters=labels) == []  # none left running
+    finally:
+        running.kill()
