@@ -64,12 +64,18 @@ def prefect_ready() -> str:
 
     Prefect's own log lines are quieted: caliban prints each job's outcome itself.
     """
+    import time
+
     from caliban_flows import backend
 
+    start = time.perf_counter()
     try:
         url = backend.use_backend()
     except backend.BackendError as e:
         raise CalibanError(str(e)) from None
+    waited = time.perf_counter() - start
+    if waited > 1.0:  # say why the command paused: a cold server migrates its database first
+        print(f"waited {waited:.1f} s for the Prefect server to start", file=sys.stderr)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return url

@@ -44,9 +44,13 @@ def _poller():
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
     import httpx
 
+    from caliban_flows import backend
     from caliban_flows.cli.execute import prefect_ready
     from caliban_flows.history import job_rows, read_group_runs
 
+    known = backend.status()
+    if known["mode"] == "local" and not known["initialized"]:
+        return [], []  # caliban has never recorded a group here: no server to start for that
     url = prefect_ready()
     try:
         with httpx.Client(base_url=url, timeout=30) as http:

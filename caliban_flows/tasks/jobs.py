@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefect import task
-from prefect.states import Failed
+from prefect.states import Completed, Failed
 
 from caliban_flows.platforms.base import JobRequest
 
@@ -77,6 +77,8 @@ def run_local_job(request: JobRequest, stream: bool = True):
         local.cancel([remote.remote_id])
         raise
     result = {"remote_id": remote.remote_id, "exit_code": code, "key": request.key}
+    # The state message carries the exit code, so the Prefect UI shows it for every job.
+    message = f"exit code {code}; args: {' '.join(request.args)}"[:500]
     if code != 0:
-        return Failed(message=f"exit code {code}", data=result)
-    return result
+        return Failed(message=message, data=result)
+    return Completed(message=message, data=result)

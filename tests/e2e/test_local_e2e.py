@@ -221,3 +221,25 @@ def test_ctrl_c_stops_the_container_and_marks_the_job_stopped(cli, project, dock
         assert docker_client.containers.list(filters=labels) == []  # none left running
     finally:
         running.kill()
+
+
+def test_parallel_sweep_runs_every_job(cli, project):
+    xgroup = f"par-{uuid.uuid4().hex[:8]}"
+    (project / "exp.json").write_text('{"exit": [0, 0, 4, 0]}')
+    done = cli("run", "--nogpu", "--parallel", "3", "--xgroup", xgroup,
+               "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.count("succeeded!") == 3 and done.stdout.count("failed") == 1
+    states = sorted(j["state"] for j in status(cli, xgroup))
+    assert states == ["FAILED", "SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
+
+
+def test_status_before_any_group_starts_no_server(tmp_path, project):
+    home = tmp_path / "never-used"
+    env = {**os.environ, "CALIBAN_HOME": str(home), "HOME": str(tmp_path)}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([str(BIN / "caliban"), "status"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no jobs yet"
+    assert not (home / "server.json").exists()
