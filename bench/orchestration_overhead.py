@@ -50,11 +50,22 @@ def main() -> None:
         project = d / "bench-orch"
         env = E.env_for(d / "home", info)
         cold_env = E.env_for(d / "cold-home", info)
+        first_env = E.env_for(d / "first-home", info)
         try:
             # Cold start, alone: a fresh home whose server is stopped again right after.
             cold_wall, out, _ = E.run_out([E.PYTHON, "-c", API_URL], env=cold_env)
             cold_api = float(out.strip().splitlines()[-1])
             E.stop_server(cold_env)
+            # A user's real first command: a new project, so `caliban run` builds its image
+            # while the server starts.
+            fresh = d / "fresh-project"
+            E.write_project(fresh, requirements=f"six\n# {E.unique()}\n")
+            fresh_run, _, log = E.run_out(
+                [E.CALIBAN, "run", "--nogpu", "--xgroup", "first", "trainer.train"],
+                cwd=fresh, env=first_env,
+            )  # fmt: skip
+            fresh_wait = _waited(log)
+            E.stop_server(first_env)
             E.write_project(project)
             (project / "exp.json").write_text(json.dumps({"i": list(range(N))}))
             # `caliban build` needs no Prefect, so the first `caliban run` below is the
@@ -84,6 +95,7 @@ def main() -> None:
                 plain.append(total)
         finally:
             E.stop_server(cold_env)
+            E.stop_server(first_env)
             E.stop_server(env)
             E.remove_containers(client, xgroups)
             E.remove_images(client, [tag] if tag else [])
@@ -99,13 +111,22 @@ def main() -> None:
     )
 
     C.header("first-ever command: local Prefect server start-up, fresh caliban home")
-    print(f"backend.api_url() alone:        {cold_api:.3f} s  (whole process {cold_wall:.3f} s)")
+    print(f"server start alone (backend.api_url()): {cold_api:.3f} s (process {cold_wall:.3f} s)")
     print(
-        f"first-ever caliban run (10 jobs, prebuilt image): {first_run:.3f} s, of which "
+        f"first-ever caliban run, new project (builds): {fresh_run:.3f} s, of which "
+        f"{fresh_wait:.3f} s waiting for the Prefect server"
+    )
+    print(
+        f"first-ever caliban run, prebuilt image (--image_id): {first_run:.3f} s, of which "
         f"{first_wait:.3f} s waiting for the Prefect server"
     )
     C.verdict(
-        f"backend.api_url() in a fresh home <= {TARGET_START_S} s (got {cold_api:.3f} s)",
+        f"a new project's first caliban run waits <= {TARGET_START_S} s for Prefect "
+        f"(got {fresh_wait:.3f} s)",
+        fresh_wait <= TARGET_START_S,
+    )
+    C.verdict(
+        f"server start alone <= {TARGET_START_S} s (got {cold_api:.3f} s)",
         cold_api <= TARGET_START_S,
     )
 
