@@ -46,13 +46,6 @@ def build_image(root: str, dockerfile: str, no_cache: bool = False) -> dict:
     return asdict(built)
 
 
-@task(name="push-image", retries=2, retry_delay_seconds=1, retry_condition_fn=_transient)
-def push_image(tag: str, registry: str) -> dict:
-    from caliban_flows.platforms.images import push_image as push
-
-    return asdict(push(_engine(), tag, registry))
-
-
 @task(
     name="run-job",
     task_run_name="{request.name}",
