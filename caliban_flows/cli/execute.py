@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from caliban_flows.cli import submission as sub
-from caliban_flows.spec.errors import CalibanError
+from caliban_flows.spec.errors import CalibanError, SpecError
 from caliban_flows.spec.jobspec import job_keys
 
 
@@ -167,6 +167,15 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
     start_backend_early()
     from caliban_flows.platforms.local import LocalDocker
 
+    if image_id is not None:
+        import docker.errors
+
+        try:
+            client.images.get(image_id)
+        except docker.errors.ImageNotFound:
+            raise SpecError(
+                f"--image_id {image_id!r} is not an image on this Docker engine"
+            ) from None
     gpu = plan.gpu
     dockerfile = plan.dockerfile
     if gpu and not LocalDocker(client).has_nvidia():

@@ -40,20 +40,7 @@ def experiment_group(
     if build is not None:
         built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
         image = built["tag"]
-    requests = [
-        JobRequest(
-            xgroup=xgroup,
-            key=j["key"],
-            attempt=j["attempt"],
-            name=j["name"],
-            image=image,
-            args=tuple(j["args"]),
-            labels=j.get("labels", {}),
-            gpu=j.get("gpu", False),
-            run_args=tuple(j.get("run_args", ())),
-        )
-        for j in jobs
-    ]
+    requests = [JobRequest.from_record(xgroup, image, j) for j in jobs]
     try:
         states = _run_all(requests, parallel)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop

@@ -42,6 +42,21 @@ class JobRequest:
     gpu: bool = False
     run_args: tuple[str, ...] = ()  # platform-specific extras, e.g. --docker_run_args
 
+    @classmethod
+    def from_record(cls, xgroup: str, image: str, job: Mapping) -> JobRequest:
+        """From one entry of a group's recorded `jobs` (a flow run parameter)."""
+        return cls(
+            xgroup=xgroup,
+            key=job["key"],
+            attempt=job["attempt"],
+            name=job["name"],
+            image=image,
+            args=tuple(job["args"]),
+            labels=job.get("labels", {}),
+            gpu=job.get("gpu", False),
+            run_args=tuple(job.get("run_args", ())),
+        )
+
 
 @dataclass(frozen=True)
 class RemoteJob:

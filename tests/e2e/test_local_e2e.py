@@ -243,3 +243,10 @@ def test_status_before_any_group_starts_no_server(tmp_path, project):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "no jobs yet"
     assert not (home / "server.json").exists()
+
+
+def test_unknown_image_id_is_bad_input(cli):
+    done = cli("run", "--nogpu", "--image_id", f"no-such-image:{uuid.uuid4().hex[:6]}",
+               "trainer.train")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "is not an image on this Docker engine" in done.stderr
