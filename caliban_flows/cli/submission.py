@@ -114,10 +114,11 @@ def dockerfile(
 
 def docker_run_args(text: str | None) -> list[str]:
     """The words of --docker_run_args, after checking every flag can be passed on."""
-    from caliban_flows.spec.docker_run_args import parse_run_args
+    from caliban_flows.spec.docker_run_args import parse_run_words, split_run_args
 
-    parse_run_args(text)
-    return shlex.split(text) if text else []
+    words = split_run_args(text)
+    parse_run_words(words)
+    return words
 
 
 def check_local_gpu(command: str, gpu: bool) -> None:

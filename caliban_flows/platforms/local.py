@@ -17,7 +17,7 @@ from caliban_flows.platforms.base import (
     JobState,
     RemoteJob,
 )
-from caliban_flows.spec.docker_run_args import RunOptions, parse_run_args
+from caliban_flows.spec.docker_run_args import RunOptions, parse_run_words
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
 _STATES = {
@@ -109,7 +109,7 @@ class LocalDocker:
         existing = self.find(request.xgroup, request.key, request.attempt)
         if existing is not None:
             return existing
-        opts = parse_run_args(" ".join(request.run_args)) if request.run_args else RunOptions()
+        opts = parse_run_words(request.run_args)
         kwargs: dict = {}
         if request.gpu and opts.gpus is None and opts.runtime is None:
             if self.has_nvidia():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from caliban_flows.spec.errors import SpecError
@@ -66,14 +67,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_run_args(text: str | None) -> RunOptions:
+def split_run_args(text: str | None) -> list[str]:
+    """The words of --docker_run_args, split shell-style (never given to a shell)."""
     if not text:
-        return RunOptions()
+        return []
     try:
-        words = shlex.split(text)
+        return shlex.split(text)
     except ValueError as e:
         raise SpecError(f"--docker_run_args {text!r} cannot be split: {e}") from None
-    ns, rest = _parser().parse_known_args(words)
+
+
+def parse_run_args(text: str | None) -> RunOptions:
+    return parse_run_words(split_run_args(text))
+
+
+def parse_run_words(words: Sequence[str]) -> RunOptions:
+    """Already-split words; they are kept as words so values with spaces survive."""
+    if not words:
+        return RunOptions()
+    ns, rest = _parser().parse_known_args(list(words))
     if rest:
         raise SpecError(
             f"--docker_run_args: {' '.join(rest)!r} is not a flag caliban passes to docker; "

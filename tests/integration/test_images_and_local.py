@@ -117,3 +117,18 @@ def test_cancel_stops_a_long_job(docker_client, project):
     wait_for(lambda: local.poll(xgroup)[0].state is JobState.RUNNING)
     local.cancel([job.remote_id])
     assert local.poll(xgroup)[0].state.terminal
+
+
+def test_docker_run_args_with_spaces_reach_the_container(docker_client, project):
+    (project / "trainer" / "train.py").write_text(
+        f"import os\nprint('greeting=' + os.environ['GREETING']) # {uuid.uuid4()}\n"
+    )
+    image = build_image(docker_client, project, dockerfile()).tag
+    local = LocalDocker(docker_client)
+    xgroup = f"it-{time.time_ns()}"
+    run_args = ("--env", "GREETING=hello world")
+    job = local.submit(
+        JobRequest(xgroup, job_key(xgroup, ()), 1, "env", image, (), run_args=run_args)
+    )
+    assert local.wait(job.remote_id) == 0
+    assert b"greeting=hello world" in b"".join(local.logs(job.remote_id))

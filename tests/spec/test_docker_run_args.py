@@ -43,3 +43,12 @@ def test_refused_with_one_line(text, needle):
     with pytest.raises(SpecError) as error:
         parse_run_args(text)
     assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_split_words_keep_values_with_spaces():
+    from caliban_flows.spec.docker_run_args import parse_run_words, split_run_args
+
+    words = split_run_args("--env 'GREETING=hello world' -v '/a b:/c'")
+    opts = parse_run_words(words)
+    assert opts.env == ("GREETING=hello world",)
+    assert opts.volumes == ("/a b:/c",)
