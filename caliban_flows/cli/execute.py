@@ -81,6 +81,16 @@ def prefect_ready() -> str:
     return url
 
 
+def engine_gpu(client, gpu: bool) -> bool:
+    """GPU mode only on an engine with NVIDIA's runtime; else CPU, with a warning (#96)."""
+    from caliban_flows.platforms.local import LocalDocker
+
+    if gpu and not LocalDocker(client).has_nvidia():
+        print("warning: this Docker engine has no NVIDIA runtime; using CPU mode", file=sys.stderr)
+        return False
+    return gpu
+
+
 def local_attempts(client, xgroup: str) -> dict[str, int]:
     from caliban_flows.platforms.local import LocalDocker
 
@@ -90,15 +100,14 @@ def local_attempts(client, xgroup: str) -> dict[str, int]:
     return latest
 
 
-def recipe(plan: sub.Plan, *, no_cache: bool) -> dict:
+def recipe(plan: sub.Plan, *, gpu: bool) -> dict:
     """What a resubmit needs to rebuild the image from the current code."""
     return {
         "root": str(Path.cwd()),
         "module": plan.entrypoint.target,
-        "gpu": plan.gpu,
+        "gpu": gpu,
         "extras": list(plan.extras),
         "dirs": list(plan.dirs),
-        "no_cache": no_cache,
     }
 
 
@@ -165,8 +174,6 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
               parallel: int) -> int:  # fmt: skip
     client = docker_client()
     start_backend_early()
-    from caliban_flows.platforms.local import LocalDocker
-
     if image_id is not None:
         import docker.errors
 
@@ -176,18 +183,12 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
             raise SpecError(
                 f"--image_id {image_id!r} is not an image on this Docker engine"
             ) from None
-    gpu = plan.gpu
+    gpu = engine_gpu(client, plan.gpu)
     dockerfile = plan.dockerfile
-    if gpu and not LocalDocker(client).has_nvidia():
-        print(
-            "caliban run: warning: this Docker engine has no NVIDIA runtime; running in CPU mode",
-            file=sys.stderr,
+    if gpu != plan.gpu and image_id is None:
+        dockerfile = sub.dockerfile(
+            gpu=False, extras=plan.extras, dirs=plan.dirs, entrypoint=plan.entrypoint
         )
-        gpu = False
-        if image_id is None:
-            dockerfile = sub.dockerfile(
-                gpu=False, extras=plan.extras, dirs=plan.dirs, entrypoint=plan.entrypoint
-            )
     previous = local_attempts(client, plan.xgroup)
     jobs = [
         {
@@ -204,11 +205,10 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
     build = None
     image = image_id
     if image_id is None:
-        build = {"dockerfile": dockerfile, **recipe(plan, no_cache=no_cache), "gpu": gpu}
         # Built here, overlapping the server's start; the flow's build task then finds it
         # (and records it) instead of building while nothing else can happen.
         image = build_here(dockerfile, no_cache=no_cache).tag
-        build["no_cache"] = False
+        build = {"dockerfile": dockerfile, **recipe(plan, gpu=gpu)}
     return run_group(
         xgroup=plan.xgroup,
         jobs=jobs,

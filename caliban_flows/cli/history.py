@@ -69,14 +69,13 @@ def _limit(rows: list[dict], xgroup: str | None, max_jobs: int | None) -> list[d
         counted = latest_attempts(rows)
         return counted[-n:] if n else counted
     n = 1 if max_jobs is None else max_jobs
-    counts = {row["key"]: row["attempts"] for row in latest_attempts(rows)}
     by_key: dict[str, list[dict]] = {}
     for row in rows:
-        by_key.setdefault(row["key"], []).append({**row, "attempts": counts[row["key"]]})
+        by_key.setdefault(row["key"], []).append(row)
     out = []
-    for group in by_key.values():
-        group.sort(key=lambda r: r["attempt"])
-        out.extend(group[-n:] if n else group)
+    for attempts in by_key.values():
+        attempts.sort(key=lambda r: r["attempt"])
+        out.extend({**r, "attempts": len(attempts)} for r in (attempts[-n:] if n else attempts))
     return out
 
 

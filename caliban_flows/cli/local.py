@@ -23,14 +23,11 @@ def _session_image(
 
     On an engine without NVIDIA's runtime, GPU mode falls back to the CPU image.
     """
-    from caliban_flows.cli.execute import build_here, docker_client
-    from caliban_flows.platforms.local import LocalDocker
+    from caliban_flows.cli.execute import build_here, docker_client, engine_gpu
 
-    nvidia = gpu and LocalDocker(docker_client()).has_nvidia()
-    if gpu and not nvidia:
-        print("warning: this Docker engine has no NVIDIA runtime; using CPU mode", file=sys.stderr)
-        if image_id is None:
-            text = sub.dockerfile(gpu=False, **inputs)
+    nvidia = engine_gpu(docker_client(), gpu)
+    if gpu and not nvidia and image_id is None:
+        text = sub.dockerfile(gpu=False, **inputs)
     image = image_id or build_here(text, no_cache=no_cache).tag
     return image, (["--runtime", "nvidia"] if nvidia else [])
 

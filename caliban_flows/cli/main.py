@@ -67,12 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         result = command.main(
             args=expand_flagfiles(argv), prog_name="caliban", standalone_mode=False
         )
-    except SpecError as e:
+    except (SpecError, CalibanError) as e:  # bad input exits 2; anything else we report, 1
         sys.stderr.write(f"{_command_path(command, argv)}: error: {e}\n")
-        return 2
-    except CalibanError as e:
-        sys.stderr.write(f"{_command_path(command, argv)}: error: {e}\n")
-        return 1
+        return 2 if isinstance(e, SpecError) else 1
     except typer.Abort:
         sys.stderr.write("caliban: aborted\n")
         return 130
