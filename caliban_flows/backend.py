@@ -93,7 +93,11 @@ def api_url() -> str:
 
 def use_backend() -> str:
     """Point this process's Prefect (imported after this call) at the API; return its URL."""
-    url = wait_ready()
+    return point_prefect_at(wait_ready())
+
+
+def point_prefect_at(url: str) -> str:
+    """Set this process's Prefect settings to `url` (a started server's, ready or not)."""
     if _external_url() is None:
         os.environ["PREFECT_HOME"] = str(_paths().prefect_home)
         os.environ[LOCAL_URL_ENV] = url
@@ -282,7 +286,22 @@ def _seed_database(p: _Paths) -> bool:
     with seed.open("rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
         partial.write_bytes(gz.read())
     partial.replace(database)
+    _seed_marker(p).write_text(version("prefect"))
     return True
+
+
+def _seed_marker(p: _Paths) -> Path:
+    return p.prefect_home / "caliban-seeded-for"
+
+
+def _seeded_for_this_prefect(p: _Paths) -> bool:
+    """True while the database is our seed's schema for the Prefect installed now."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return _seed_marker(p).read_text().strip() == version("prefect")
+    except (OSError, PackageNotFoundError):
+        return False
 
 
 def _server_env(p: _Paths) -> dict[str, str]:
@@ -292,6 +311,11 @@ def _server_env(p: _Paths) -> dict[str, str]:
     env.pop(LOCAL_URL_ENV, None)
     env["PREFECT_HOME"] = str(p.prefect_home)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    if _seeded_for_this_prefect(p):
+        # Already migrated, block types already registered: checking both again costs ~1 s
+        # of every start. After a Prefect upgrade the marker differs and Prefect does both.
+        env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
+        env["PREFECT_API_BLOCKS_REGISTER_ON_START"] = "false"
     env["PYTHONUNBUFFERED"] = "1"  # the log's last line must be current when we quote it
     env["COLUMNS"] = "400"  # or rich wraps the server's messages at 80 columns
     # The supervisor runs with cwd=home, so it must find this package without the caller's cwd.
@@ -553,8 +577,7 @@ def supervise(home: Path, port: int, idle_minutes: float) -> int:
     child: subprocess.Popen | None = None
     code = 0
     try:
-        argv = [sys.executable, "-m", "prefect", "server", "start"]
-        argv += ["--host", HOST, "--port", str(port)]
+        argv = [sys.executable, "-m", "caliban_flows.backend", "serve", "--port", str(port)]
         hook = _die_with_parent_hook()
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=hook)
         _say(f"prefect server pid {child.pid} on {url}, idle limit {idle_minutes:g} min")
@@ -602,6 +625,28 @@ def supervise(home: Path, port: int, idle_minutes: float) -> int:
         _forget_state(p, os.getpid())
 
 
+def serve(port: int) -> int:
+    """What `prefect server start` runs in the foreground, minus its CLI's imports.
+
+    The collector is off while Prefect's server modules load: they build thousands of
+    pydantic objects, and collecting between them makes the import ~20% slower.
+    """
+    import gc
+
+    gc.disable()
+    from prefect.server.api.server import create_app
+
+    app = create_app(final=True)
+    gc.enable()
+    gc.freeze()  # what was imported stays; later collections need not walk it
+    import uvicorn
+    from prefect.settings import PREFECT_SERVER_LOGGING_LEVEL
+
+    level = PREFECT_SERVER_LOGGING_LEVEL.value().lower()
+    uvicorn.run(app, host=HOST, port=port, log_level=level)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m caliban_flows.backend")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -609,12 +654,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--home", type=Path, required=True)
     run.add_argument("--port", type=int, required=True)
     run.add_argument("--idle-minutes", type=float, default=DEFAULT_IDLE_MINUTES)
+    serving = commands.add_parser("serve", help="run a Prefect server in the foreground (internal)")
+    serving.add_argument("--port", type=int, required=True)
     commands.add_parser("start", help="start the local server if needed, print its URL")
     commands.add_parser("status", help="print where the Prefect API is, as JSON")
     commands.add_parser("stop", help="stop the local server")
     args = parser.parse_args(argv)
     if args.command == "supervise":
         return supervise(args.home, args.port, args.idle_minutes)
+    if args.command == "serve":
+        return serve(args.port)
     try:
         if args.command == "start":
             print(api_url())

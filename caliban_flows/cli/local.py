@@ -13,6 +13,7 @@ from caliban_flows.cli import options as o
 from caliban_flows.cli import submission as sub
 from caliban_flows.cli.interactive import credential_args, docker_argv, free_port, hand_over
 from caliban_flows.cli.output import emit
+from caliban_flows.cli.registry import require_push_target
 from caliban_flows.spec.errors import SpecError
 
 
@@ -142,21 +143,13 @@ def build(
     no_cache: o.NoCache = False,
     dirs: o.Dirs = None,
     push: Annotated[
-        bool, typer.Option("--push", help="Also push the image to --registry.")
+        bool, typer.Option("--push", help="Also push the image to a registry.")
     ] = False,
-    registry: Annotated[
-        str | None,
-        typer.Option(
-            "--registry",
-            metavar="HOST[/PATH]",
-            help="Registry to push to (default: $CALIBAN_REGISTRY).",
-        ),
-    ] = None,
+    registry: o.Registry = None,
+    registry_block: o.RegistryBlock = None,
 ) -> None:
     """Build the image run and cloud would use, and print its tag (pushed: its reference)."""
-    target = registry or os.environ.get("CALIBAN_REGISTRY")
-    if push and not target:
-        raise SpecError("--push needs a registry: pass --registry or set $CALIBAN_REGISTRY")
+    target = require_push_target(registry, registry_block) if push else None
     gpu = sub.gpu_mode(nogpu, None, None)
     text = sub.dockerfile(
         gpu=gpu, extras=extras, dirs=sub.check_dirs(dirs), entrypoint=sub.resolve_module(module)
@@ -164,7 +157,7 @@ def build(
     from caliban_flows.cli.execute import build_here, push_here
 
     built = build_here(text, no_cache=no_cache)
-    print(push_here(built.tag, target) if push else built.tag)
+    print(push_here(built.tag, target) if target else built.tag)
 
 
 def run(

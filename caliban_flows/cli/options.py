@@ -163,3 +163,19 @@ XgroupRequired = Annotated[
     str, typer.Option("--xgroup", metavar="XGROUP", help="Experiment group.")
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+Registry = Annotated[
+    str | None,
+    typer.Option(
+        "--registry",
+        metavar="HOST[/PATH]",
+        help="Registry to push to (default: $CALIBAN_REGISTRY, then .calibanconfig.json).",
+    ),
+]
+RegistryBlock = Annotated[
+    str | None,
+    typer.Option(
+        "--registry_block",
+        metavar="NAME",
+        help="Push with this Prefect 'Docker Registry Credentials' block (URL and login).",
+    ),
+]

@@ -7,7 +7,7 @@ from prefect.states import Cancelled, Completed, Failed
 
 from caliban_flows.history import STOPPED_MESSAGE
 from caliban_flows.platforms.base import JobRequest
-from caliban_flows.tasks.jobs import build_image, run_local_job
+from caliban_flows.tasks.jobs import build_image, expand_sweep, run_job
 
 FLOW_NAME = "caliban-experiment-group"
 LAST_RUN: dict[str, str] = {}
@@ -28,7 +28,7 @@ def experiment_group(
     build: dict | None = None,
     parallel: int = 1,
 ):
-    """Build the image (when `build` is given), then run every job.
+    """Build the image (when `build` is given), expand the sweep, then run every job.
 
     The parameters are also the group's record: `caliban status` reads `jobs` (key, attempt,
     name, args ...) and `command` back, and `caliban resubmit` rebuilds from `build`. The run
@@ -40,7 +40,7 @@ def experiment_group(
     if build is not None:
         built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
         image = built["tag"]
-    requests = [JobRequest.from_record(xgroup, image, j) for j in jobs]
+    requests = expand_sweep(xgroup, image, jobs)
     try:
         states = _run_all(requests, parallel)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
@@ -61,11 +61,11 @@ def _run_all(requests: list[JobRequest], parallel: int) -> list:
             if _stopped():
                 break
             print(f"Job {request.name} - Experiment args: {list(request.args)}", flush=True)
-            state = run_local_job(request, stream=True, return_state=True)
+            state = run_job(request, stream=True, return_state=True)
             print(_outcome(request, state), flush=True)
             states.append(state)
     else:
-        futures = [run_local_job.submit(r, stream=False) for r in requests]
+        futures = [run_job.submit(r, stream=False) for r in requests]
         for request, future in zip(requests, futures):
             future.wait()
             states.append(future.state)

@@ -136,20 +136,28 @@ class PushedImage:
 
 
 def push_image(
-    client, tag: str, registry: str, *, on_log: Callable[[str], None] = lambda line: None
+    client,
+    tag: str,
+    registry: str,
+    *,
+    auth: dict | None = None,
+    on_log: Callable[[str], None] = lambda line: None,
 ) -> PushedImage:
-    """Push `tag` to `registry` under the same name, unless the registry already has it."""
+    """Push `tag` to `registry` under the same name, unless the registry already has it.
+
+    `auth` ({"username", "password"}) goes to the engine with each call and nowhere else.
+    """
     import docker.errors
 
     repository, _, version = tag.rpartition(":")
     reference = f"{registry.rstrip('/')}/{repository}:{version}"
     try:
-        client.images.get_registry_data(reference)
+        client.images.get_registry_data(reference, auth_config=auth)
         return PushedImage(reference, pushed=False)
     except (docker.errors.NotFound, docker.errors.APIError):
         pass
     client.images.get(tag).tag(reference)
-    for chunk in client.api.push(reference, stream=True, decode=True):
+    for chunk in client.api.push(reference, stream=True, decode=True, auth_config=auth):
         if "error" in chunk:
             raise ImageError(f"docker push of {reference} failed: {chunk['error'].strip()}")
         if "status" in chunk:

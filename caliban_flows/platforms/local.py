@@ -166,8 +166,19 @@ class LocalDocker:
             with contextlib.suppress(docker.errors.NotFound):  # already removed: nothing to stop
                 self.client.api.stop(remote_id, timeout=10)
 
-    def wait(self, remote_id: str) -> int:
-        return int(self.client.api.wait(remote_id)["StatusCode"])
+    def wait(self, remote_id: str, timeout: float | None = None) -> int | None:
+        """The container's exit code once it ends; None if `timeout` seconds pass first."""
+        import docker.errors
+        import requests.exceptions
+
+        try:
+            return int(self.client.api.wait(remote_id, timeout=timeout)["StatusCode"])
+        except docker.errors.NotFound:  # removed behind our back: the next poll says so
+            return None
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            if timeout is None:
+                raise
+            return None
 
     def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
         return self.client.api.logs(remote_id, stream=True, follow=follow)

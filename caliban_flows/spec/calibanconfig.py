@@ -241,6 +241,9 @@ class CalibanConfig(_Strict):
     julia_version: Annotated[str | None, BeforeValidator(_strip)] = None
     mlflow_config: MLflowConfig | None = None
     uv: UVConfig = Field(default_factory=UVConfig)
+    # Ours, not Caliban's: where `caliban build --push` (and cloud) push the image.
+    registry: Annotated[NonEmpty | None, BeforeValidator(_strip)] = None
+    registry_block: Annotated[NonEmpty | None, BeforeValidator(_strip)] = None
 
     _source: str = PrivateAttr(default=CALIBANCONFIG)
 
@@ -321,6 +324,8 @@ _EXPECTED = {
     ),
     "mlflow_config.debug": "true or false",
     "uv": "a dict with an optional 'mlflow' dict",
+    "registry": "a registry like '127.0.0.1:5000' or 'us-docker.pkg.dev/PROJECT/REPO'",
+    "registry_block": "the name of a Prefect 'Docker Registry Credentials' block",
     "uv.mlflow": "a dict with optional 'pubsub_project' and 'pubsub_topic' strings",
 }
 _MODELS: dict[str, type[BaseModel]] = {

@@ -1,15 +1,19 @@
-"""Prefect tasks around the platforms: thin wrappers adding retries, logging and states."""
+"""Prefect tasks around the platforms: expand, submit, monitor. Thin: retries, names, states."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
-from caliban_flows.platforms.base import JobRequest
+from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+
+POLL_SECONDS = 1.0  # at most this long between list calls, however many jobs are watched
 
 
 def _transient(task, task_run, state) -> bool:
@@ -34,44 +38,85 @@ def _engine():
     return docker.from_env()
 
 
+def _local():
+    from caliban_flows.platforms.local import LocalDocker
+
+    return LocalDocker(_engine())
+
+
 @task(name="build-image", retries=2, retry_delay_seconds=1, retry_condition_fn=_transient)
 def build_image(root: str, dockerfile: str, no_cache: bool = False) -> dict:
     from caliban_flows.platforms.images import build_image as build
+    from caliban_flows.tasks.progress import BuildProgress
 
-    def show(line: str) -> None:
-        if line.strip():
-            print(line, file=sys.stderr, flush=True)
-
-    built = build(_engine(), Path(root), dockerfile, no_cache=no_cache, on_log=show)
+    with BuildProgress() as progress:
+        built = build(_engine(), Path(root), dockerfile, no_cache=no_cache, on_log=progress)
     return asdict(built)
 
 
+@task(name="expand-sweep", cache_policy=NO_CACHE)
+def expand_sweep(xgroup: str, image: str, jobs: list[dict]) -> list[JobRequest]:
+    """The group's recorded experiments as platform requests, one per job attempt."""
+    return [JobRequest.from_record(xgroup, image, j) for j in jobs]
+
+
 @task(
-    name="run-job",
-    task_run_name="{request.name}",
+    name="submit-job",
+    task_run_name="submit {request.name}",
     retries=2,
     retry_delay_seconds=1,
     retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
 )
-def run_local_job(request: JobRequest, stream: bool = True):
-    """Run one job to its end on the local engine; its state is the container's exit code."""
-    from caliban_flows.platforms.local import LocalDocker
+def submit_job(request: JobRequest) -> RemoteJob:
+    """Start one job; a retry finds the container it already started (same key and attempt)."""
+    return _local().submit(request)
 
-    local = LocalDocker(_engine())
-    remote = local.submit(request)
-    try:
-        if stream:
-            out = sys.stdout.buffer
-            for chunk in local.logs(remote.remote_id, follow=True):
+
+@task(
+    name="monitor-jobs",
+    retries=2,
+    retry_delay_seconds=1,
+    retry_condition_fn=_transient,
+    cache_policy=NO_CACHE,
+)
+def monitor_jobs(xgroup: str, jobs: Sequence[RemoteJob], stream: bool = False) -> list[RemoteJob]:
+    """Wait until every job has ended, polling the whole group with one list call per round.
+
+    With `stream`, the (single) job's output is followed to the terminal meanwhile.
+    """
+    local = _local()
+    if stream:
+        out = sys.stdout.buffer
+        for job in jobs:
+            for chunk in local.logs(job.remote_id, follow=True):
                 out.write(chunk)
                 out.flush()
-        code = local.wait(remote.remote_id)
+    wanted = {j.remote_id: j for j in jobs}
+    while True:
+        seen = {j.remote_id: j for j in local.poll(xgroup) if j.remote_id in wanted}
+        # A job removed behind our back has no exit code to give: it ended, state unknown.
+        now = [seen.get(i) or replace(j, state=JobState.UNKNOWN) for i, j in wanted.items()]
+        running = [j for j in now if not j.state.terminal]
+        if not running:
+            return now
+        # Block on the engine until one ends (or the round is over) instead of sleeping.
+        local.wait(running[0].remote_id, timeout=POLL_SECONDS)
+
+
+@task(name="run-job", task_run_name="{request.name}", cache_policy=NO_CACHE)
+def run_job(request: JobRequest, stream: bool = True):
+    """One experiment, start to end; this task run's state is the job's outcome in Prefect."""
+    remote = submit_job(request)
+    try:
+        (ended,) = monitor_jobs(request.xgroup, [remote], stream=stream)
     except KeyboardInterrupt:
-        local.cancel([remote.remote_id])
+        _local().cancel([remote.remote_id])
         raise
-    result = {"remote_id": remote.remote_id, "exit_code": code, "key": request.key}
+    result = {"remote_id": ended.remote_id, "exit_code": ended.exit_code, "key": request.key}
     # The state message carries the exit code, so the Prefect UI shows it for every job.
-    message = f"exit code {code}; args: {' '.join(request.args)}"[:500]
-    if code != 0:
+    outcome = "container gone" if ended.exit_code is None else f"exit code {ended.exit_code}"
+    message = f"{outcome}; args: {' '.join(request.args)}"[:500]
+    if ended.exit_code != 0:
         return Failed(message=message, data=result)
     return Completed(message=message, data=result)

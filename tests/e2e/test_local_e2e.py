@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import tarfile
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -250,3 +253,69 @@ def test_unknown_image_id_is_bad_input(cli):
                "trainer.train")  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "is not an image on this Docker engine" in done.stderr
+
+
+def registry_tags(repository: str) -> list[str]:
+    url = f"http://127.0.0.1:5000/v2/{repository}/tags/list"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            return json.load(answer)["tags"] or []
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return []
+        raise
+
+
+def test_push_to_the_registry_named_in_calibanconfig(cli, project):
+    space = f"cfg{uuid.uuid4().hex[:8]}"
+    config = {"registry": f"127.0.0.1:5000/{space}"}
+    (project / ".calibanconfig.json").write_text(json.dumps(config))
+    done = cli("build", "--nogpu", "--push", "trainer.train")
+    assert done.returncode == 0, done.stderr
+    reference = done.stdout.strip()
+    assert reference.startswith(f"127.0.0.1:5000/{space}/caliban/")
+    repository, tag = reference.removeprefix("127.0.0.1:5000/").rsplit(":", 1)
+    assert registry_tags(repository) == [tag]
+
+
+def test_push_with_a_prefect_registry_block_never_shows_its_password(cli, project):
+    space = f"blk{uuid.uuid4().hex[:8]}"
+    password = f"pw-{uuid.uuid4().hex}"
+    save = (
+        "from caliban_flows import backend; backend.use_backend()\n"
+        "from prefect_docker.credentials import DockerRegistryCredentials as D\n"
+        f"D(username='ci', password={password!r}, registry_url='127.0.0.1:5000/{space}')"
+        f".save({space!r}, overwrite=True)\n"
+    )
+    saved = subprocess.run([str(BIN / "python"), "-c", save], env=cli.env, cwd=project,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    done = cli("build", "--nogpu", "--push", "--registry_block", space, "trainer.train")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(f"127.0.0.1:5000/{space}/caliban/")
+    assert password not in done.stdout + done.stderr
+    repository, tag = done.stdout.strip().removeprefix("127.0.0.1:5000/").rsplit(":", 1)
+    assert registry_tags(repository) == [tag]
+
+    missing = cli("build", "--nogpu", "--push", "--registry_block", "no-such-block",
+                  "trainer.train")  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and "no-such-block" in missing.stderr
+
+
+def test_push_without_any_registry_is_bad_input(cli, project):
+    done = cli("build", "--nogpu", "--push", "trainer.train",
+               env={k: v for k, v in cli.env.items() if k != "CALIBAN_REGISTRY"})  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--push needs a registry" in done.stderr
+
+
+def test_build_shows_a_progress_bar_on_a_terminal(cli, project):
+    import pexpect
+
+    child = pexpect.spawn(str(BIN / "caliban"), ["build", "--nogpu", "--no_cache", "trainer.train"],
+                          cwd=str(project), env=cli.env, encoding="utf-8", timeout=300)  # fmt: skip
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert re.search(r"building .*\d+/\d+", child.before), child.before[-2000:]

@@ -47,8 +47,25 @@ def test_a_new_home_is_seeded_before_its_first_start(tmp_path, monkeypatch):
         with sqlite3.connect(tmp_path / "home" / "prefect" / "prefect.db") as conn:
             rev = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
         assert rev == seed_revision(tmp_path)
+        # Seeded for this Prefect, the start skips re-checking migrations and block types, yet
+        # every core block type is there (the UI's block catalogue needs them).
+        marker = tmp_path / "home" / "prefect" / "caliban-seeded-for"
+        assert marker.read_text() == version("prefect")
+        types = httpx.post(f"{url}/block_types/filter", json={}, timeout=10).json()
+        assert {"secret", "webhook", "docker-registry-credentials"} <= {t["slug"] for t in types}
     finally:
         backend.stop()
+
+
+def test_after_a_prefect_upgrade_the_server_migrates_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALIBAN_HOME", str(tmp_path / "home"))
+    paths = backend._Paths(tmp_path / "home")
+    paths.prefect_home.mkdir(parents=True)
+    backend._seed_marker(paths).write_text("3.0.0")  # made by an older Prefect
+    env = backend._server_env(paths)
+    assert "PREFECT_API_DATABASE_MIGRATE_ON_START" not in env
+    backend._seed_marker(paths).write_text(version("prefect"))
+    assert backend._server_env(paths)["PREFECT_API_DATABASE_MIGRATE_ON_START"] == "false"
 
 
 @pytest.fixture(autouse=True)

@@ -169,7 +169,7 @@ def test_unknown_key_suggests_the_closest():
     assert error('{"apt_pakages": ["curl"]}') == (
         ".calibanconfig.json: unknown key 'apt_pakages' (did you mean 'apt_packages'?); "
         "valid keys: apt_packages, base_image, build_time_credentials, default_mode, gcloud, "
-        "julia_version, mlflow_config, uv"
+        "julia_version, mlflow_config, uv, registry, registry_block"
     )
 
 
