@@ -60,6 +60,9 @@ _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b")
 _children: dict[int, subprocess.Popen] = {}
 
 
+EXTERNAL_HEALTH_TIMEOUT = 3.0  # a dead PREFECT_API_URL must fail a command within seconds
+
+
 class BackendError(RuntimeError):
     """The Prefect API is unusable: the local server cannot start or never got healthy."""
 
@@ -380,7 +383,7 @@ def _healthy(url: str, client: httpx.Client | None = None) -> bool:
             with _loopback_client() as own:
                 response = own.get(f"{url}/health", timeout=2.0)
         else:
-            response = httpx.get(f"{url}/health", timeout=5.0, headers=headers)
+            response = httpx.get(f"{url}/health", timeout=EXTERNAL_HEALTH_TIMEOUT, headers=headers)
     except httpx.HTTPError:
         return False
     return response.status_code == 200

@@ -27,6 +27,7 @@ class GroupRun:
     jobs: list[dict]
     command: list[str]
     build: dict | None  # how to rebuild the image from the project folder, for resubmit
+    vertex: dict | None = None  # project, region, placement, max_qps of a Vertex group
 
 
 def read_group_runs(http, xgroup: str | None = None) -> list[GroupRun]:
@@ -67,38 +68,89 @@ def _group_run(run: dict) -> GroupRun:
         jobs=list(params.get("jobs") or []),
         command=list(params.get("command") or []),
         build=params.get("build"),
+        vertex=params.get("vertex"),
     )
 
 
-def job_rows(runs: Iterable[GroupRun], poll: Callable[[str, str], list[RemoteJob]]) -> list[dict]:
-    """One row per job attempt, its state taken from the platform (`poll(platform, xgroup)`)."""
-    runs = list(runs)
-    remote: dict[tuple[str, str], dict[tuple[str, int], RemoteJob]] = {}
-    for platform, xgroup in dict.fromkeys((r.platform, r.xgroup) for r in runs):
-        remote[platform, xgroup] = {(j.key, j.attempt): j for j in poll(platform, xgroup)}
-    rows = []
+def where(run: GroupRun) -> tuple:
+    """What one platform list call covers: the platform, its location, the group."""
+    location = (run.vertex or {}).get("project"), (run.vertex or {}).get("region")
+    return (run.platform, *location, run.xgroup)
+
+
+Remote = dict[tuple, dict[tuple[str, int], RemoteJob]]
+
+
+def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[RemoteJob]]) -> Remote:
+    """The platforms' view of the runs' jobs: one `poll(run)` per place and group."""
+    remote: Remote = {}
     for run in runs:
-        seen = remote[run.platform, run.xgroup]
+        if where(run) not in remote:
+            remote[where(run)] = {(j.key, j.attempt): j for j in poll(run)}
+    return remote
+
+
+def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
+    """One row per job attempt, its state taken from the platform.
+
+    A job recorded by several runs (a submission run again after a crash) is one row, the
+    newest run's.
+    """
+    runs = list(runs)
+    rows: dict[tuple[str, str, int], dict] = {}
+    for run in runs:
+        seen = remote[where(run)]
         for job in run.jobs:
             found = seen.get((job["key"], job["attempt"]))
             state = _state(run, found)
-            rows.append(
-                {
-                    "xgroup": run.xgroup,
-                    "name": job["name"],
-                    "key": job["key"],
-                    "attempt": job["attempt"],
-                    "args": list(job["args"]),
-                    "platform": run.platform,
-                    "state": state.value,
-                    "exit_code": found.exit_code if found else None,
-                    "remote_id": found.remote_id if found else None,
-                    "image": run.image,
-                    "created": run.created,
-                    "flow_run_id": run.flow_run_id,
-                }
-            )
-    return rows
+            rows[run.xgroup, job["key"], job["attempt"]] = {
+                "xgroup": run.xgroup,
+                "name": job["name"],
+                "key": job["key"],
+                "attempt": job["attempt"],
+                "args": list(job["args"]),
+                "platform": run.platform,
+                "state": state.value,
+                "exit_code": found.exit_code if found else None,
+                "remote_id": found.remote_id if found else None,
+                "console_url": found.console_url if found else None,
+                "detail": found.detail if found else None,
+                "image": run.image,
+                "created": run.created,
+                "flow_run_id": run.flow_run_id,
+            }
+    return list(rows.values())
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a remote group's flow run needs so that Prefect tells the truth."""
+
+    run: GroupRun
+    state: str  # the Prefect state type to set: COMPLETED, FAILED or CANCELLED
+    message: str
+    cancel: tuple[str, ...] = ()  # remote jobs to cancel first
+
+
+def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
+    """Remote groups whose jobs all ended, or whose run was cancelled (e.g. in the UI)."""
+    out = []
+    for run in runs:
+        if run.platform == "local":  # a local run is its jobs' process: it settles itself
+            continue
+        seen = remote.get(where(run), {})
+        found = [seen.get((j["key"], j["attempt"])) for j in run.jobs]
+        if run.state in ("CANCELLING", "CANCELLED"):
+            live = tuple(j.remote_id for j in found if j is not None and not j.state.terminal)
+            if live or run.state == "CANCELLING":
+                out.append(Settlement(run, "CANCELLED", run.message or STOPPED_MESSAGE, live))
+        elif run.state == "RUNNING" and found and all(j and j.state.terminal for j in found):
+            failed = sum(1 for j in found if j.state is not JobState.SUCCEEDED)
+            if failed:
+                out.append(Settlement(run, "FAILED", f"{failed} of {len(found)} jobs failed"))
+            else:
+                out.append(Settlement(run, "COMPLETED", f"{len(found)} jobs succeeded"))
+    return out
 
 
 def _state(run: GroupRun, found: RemoteJob | None) -> JobState:

@@ -57,6 +57,18 @@ def push_here(tag: str, target) -> str:
     return pushed.reference
 
 
+def check_external_api() -> None:
+    """Fail fast, before anything is built or submitted, when PREFECT_API_URL does not answer."""
+    from caliban_flows import backend
+
+    known = backend.status()
+    if known["mode"] == "external" and not known["running"]:
+        raise CalibanError(
+            f"the Prefect API at {known['url']} (PREFECT_API_URL) is not answering; "
+            "nothing was submitted"
+        )
+
+
 def prefect_ready(*preload: str) -> str:
     """Point Prefect at caliban's backend before prefect is imported; return the API URL.
 
@@ -72,6 +84,7 @@ def prefect_ready(*preload: str) -> str:
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    check_external_api()
     try:
         early = backend.point_prefect_at(backend.start_in_background()) if preload else None
         gc.disable()  # Prefect's imports build many pydantic objects: ~20% faster without
@@ -129,9 +142,16 @@ def run_group(
     command: list[str],
     image: str | None,
     build: dict | None,
-    parallel: int,
+    parallel: int = 1,
+    platform: str = "local",
+    vertex: dict | None = None,
+    wait: bool = False,
 ) -> int:
-    """Run one submission of a group as a flow run; 0 when every job succeeded."""
+    """Run one submission of a group as a flow run; 0 when every job succeeded.
+
+    On Vertex without `wait`, 0 once every job is submitted; the run is then left RUNNING
+    (state name "Submitted") for `caliban status` to settle when the jobs end.
+    """
     prefect_ready("prefect", "caliban_flows.flows.experiment_group")
     from prefect import tags
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -142,6 +162,7 @@ def run_group(
         experiment_group,
         group_tags,
         mark_stopped,
+        mark_submitted,
     )
 
     flow = experiment_group.with_options(
@@ -150,25 +171,39 @@ def run_group(
     try:
         with (
             temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-            tags(*group_tags(xgroup, "local")),
+            tags(*group_tags(xgroup, platform)),
         ):
             state = flow(
                 xgroup=xgroup,
-                platform="local",
+                platform=platform,
                 jobs=jobs,
                 command=command,
                 image=image,
                 build=build,
                 parallel=parallel,
+                vertex=vertex,
+                wait=wait,
                 return_state=True,
             )
     except KeyboardInterrupt:
+        if platform == "vertex":  # what was submitted runs on; submitting again adds the rest
+            print(f"\ninterrupted: run the same command again to submit the rest of xgroup "
+                  f"{xgroup!r}, or stop it with: caliban stop --xgroup {xgroup}",
+                  file=sys.stderr)  # fmt: skip
+            return 130
         if "id" in LAST_RUN:
             mark_stopped(LAST_RUN["id"])
         print(f"\nstopped: the running jobs of xgroup {xgroup!r} were stopped", file=sys.stderr)
         return 130
-    print(f"xgroup {xgroup!r}: {state.message or state.name}", file=sys.stderr)
+    if platform == "vertex" and not wait and state.is_completed():
+        mark_submitted(LAST_RUN["id"], state.message)
+    print(f"xgroup {xgroup!r}: {_one_line(state.message or state.name)}", file=sys.stderr)
     return 0 if state.is_completed() else 1
+
+
+def _one_line(text: str) -> str:
+    # A flow that raised carries "Flow run encountered an exception: Type: text ...".
+    return text.splitlines()[0] if text else text
 
 
 def start_backend_early() -> None:
@@ -228,3 +263,74 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
         build=build,
         parallel=parallel,
     )
+
+
+def cloud_image(dockerfile: str, *, project: str, region: str, image_tag: str | None = None,
+                no_cache: bool = False, registry: str | None = None,
+                registry_block: str | None = None) -> str:  # fmt: skip
+    """The image Vertex will pull: --image_tag as given, else built here and pushed."""
+    from caliban_flows.cli.registry import PushTarget, push_target
+    from caliban_flows.platforms.vertex import ENDPOINT_ENV
+    from caliban_flows.spec.vertex_job import check_image_uri
+
+    emulator = bool(os.environ.get(ENDPOINT_ENV))
+    if image_tag is not None:
+        return check_image_uri(image_tag, emulator=emulator)
+    target = push_target(registry, registry_block) or PushTarget(
+        f"{region}-docker.pkg.dev/{project}/caliban"
+    )
+    check_image_uri(f"{target.registry.rstrip('/')}/x", emulator=emulator)  # before building
+    built = build_here(dockerfile, no_cache=no_cache)
+    return push_here(built.tag, target)
+
+
+def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, registry_block,
+              max_qps, wait, vertex_block: str | None = None,
+              attempts: dict[str, int] | None = None) -> int:  # fmt: skip
+    """Submit the plan's jobs to Vertex AI as one flow run of the group."""
+    from dataclasses import asdict
+
+    check_external_api()  # before building: a dead API must not cost a build and a push
+    start_backend_early()
+    image = cloud_image(plan.dockerfile, project=placement.project, region=placement.region,
+                        image_tag=image_tag, no_cache=no_cache, registry=registry,
+                        registry_block=registry_block)  # fmt: skip
+    attempts = attempts or {}
+    jobs = [
+        {
+            "key": key,
+            "attempt": attempts.get(key, 1),
+            "name": spec.name,
+            "args": list(spec.args),
+            "labels": dict(spec.labels),
+        }
+        for key, spec in zip(job_keys(plan.xgroup, plan.jobs), plan.jobs)
+    ]
+    vertex = {
+        "project": placement.project,
+        "region": placement.region,
+        "placement": asdict(placement),
+        "max_qps": max_qps,
+        "credentials_block": vertex_block,
+    }
+    build = None
+    if image_tag is None:
+        build = {**recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
+    code = run_group(
+        xgroup=plan.xgroup,
+        jobs=jobs,
+        command=plan.entrypoint.command(),
+        image=image,
+        build=build,
+        platform="vertex",
+        vertex=vertex,
+        wait=wait,
+    )
+    if code == 0 and not wait:
+        print(
+            f"follow them with: caliban status --xgroup {plan.xgroup}\n"
+            "or in the console: https://console.cloud.google.com/vertex-ai/training/custom-jobs"
+            f"?project={placement.project}",
+            file=sys.stderr,
+        )
+    return code

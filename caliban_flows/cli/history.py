@@ -23,22 +23,42 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _poller():
-    """poll(platform, xgroup) with one engine client for the whole command."""
-    from caliban_flows.platforms.local import LocalDocker
+class _Platforms:
+    """One client per platform and place for the whole command: poll, cancel."""
 
-    clients: dict[str, object] = {}
+    def __init__(self) -> None:
+        self._clients: dict[tuple, object] = {}
 
-    def poll(platform: str, xgroup: str):
-        if platform != "local":
-            return []
-        if "local" not in clients:
+    def get(self, run):
+        if run.platform == "vertex":
+            vertex = run.vertex or {}
+            key = ("vertex", vertex.get("project"), vertex.get("region"))
+            if key not in self._clients:
+                from caliban_flows.platforms.vertex import Vertex
+
+                credentials = None
+                if vertex.get("credentials_block"):
+                    from caliban_flows.tasks.vertex import block_credentials
+
+                    credentials = block_credentials(vertex)
+                self._clients[key] = Vertex.from_record(vertex, credentials=credentials)
+            return self._clients[key]
+        if "local" not in self._clients:
             from caliban_flows.cli.execute import docker_client
+            from caliban_flows.platforms.local import LocalDocker
 
-            clients["local"] = LocalDocker(docker_client())
-        return clients["local"].poll(xgroup)
+            self._clients["local"] = LocalDocker(docker_client())
+        return self._clients["local"]
 
-    return poll
+    def poll(self, run):
+        try:
+            return self.get(run).poll(run.xgroup)
+        except Exception as e:  # a platform's own error, e.g. no credentials for Vertex
+            if isinstance(e, CalibanError):
+                raise
+            raise CalibanError(f"cannot list the {run.platform} jobs of {run.xgroup!r}: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                               ) from None  # fmt: skip
 
 
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
@@ -46,18 +66,34 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
 
     from caliban_flows import backend
     from caliban_flows.cli.execute import prefect_ready
-    from caliban_flows.history import job_rows, read_group_runs
+    from caliban_flows.history import job_rows, read_group_runs, remote_jobs, settlements
 
     known = backend.status()
     if known["mode"] == "local" and not known["initialized"]:
         return [], []  # caliban has never recorded a group here: no server to start for that
     url = prefect_ready()
+    platforms = _Platforms()
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
             runs = read_group_runs(http, xgroup)
+            remote = remote_jobs(runs, platforms.poll)
+            settled = settlements(runs, remote)
+            if settled:
+                _settle(http, platforms, settled)
+                runs = read_group_runs(http, xgroup)
     except httpx.HTTPError as e:
         raise CalibanError(f"cannot read experiment groups from Prefect at {url}: {e}") from None
-    return runs, job_rows(runs, _poller())
+    return runs, job_rows(runs, remote)
+
+
+def _settle(http, platforms: _Platforms, settled) -> None:
+    """Remote jobs that ended (or were cancelled in the UI): make Prefect say so."""
+    for s in settled:
+        if s.cancel:
+            platforms.get(s.run).cancel(list(s.cancel))
+        if s.run.state != s.state:
+            body = {"state": {"type": s.state, "message": s.message}, "force": True}
+            http.post(f"/flow_runs/{s.run.flow_run_id}/set_state", json=body).raise_for_status()
 
 
 def _limit(rows: list[dict], xgroup: str | None, max_jobs: int | None) -> list[dict]:
@@ -93,7 +129,7 @@ def _text(rows: list[dict], commands: dict[str, str]) -> str:
                 exit_code = "" if r["exit_code"] is None else f" exit {r['exit_code']}"
                 lines.append(
                     f"    job {r['name']:<20} {r['state']:9s} {r['platform'].upper():>8s} "
-                    f"{r['created']} container: {(r['remote_id'] or '-')[:12]} image: "
+                    f"{r['created']} id: {(r['remote_id'] or '-').rsplit('/', 1)[-1][-12:]} image: "
                     f"{r['image'] or '-'} attempt {r['attempt']}/{r['attempts']}{exit_code}"
                 )
         lines.append("")
@@ -184,17 +220,19 @@ def _stop(runs, active: list[dict]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelled
 
-    from caliban_flows.cli.execute import docker_client
     from caliban_flows.history import STOPPED_MESSAGE
-    from caliban_flows.platforms.local import LocalDocker
 
     # Mark first, so the flow (if still running) sees it and starts nothing more.
     run_ids = dict.fromkeys(r["flow_run_id"] for r in active)
     with get_client(sync_client=True) as client:
         for run_id in run_ids:
             client.set_flow_run_state(run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
-    ids = [r["remote_id"] for r in active if r["remote_id"] and r["platform"] == "local"]
-    LocalDocker(docker_client()).cancel(ids)
+    by_id = {run.flow_run_id: run for run in runs}
+    platforms = _Platforms()
+    for run_id in run_ids:
+        ids = [r["remote_id"] for r in active if r["flow_run_id"] == run_id and r["remote_id"]]
+        if ids:
+            platforms.get(by_id[run_id]).cancel(ids)
 
 
 def resubmit(
@@ -216,31 +254,23 @@ def resubmit(
     if not _ask(wanted, "resubmit", "failed or stopped", xgroup, dry_run=dry_run, yes=yes):
         return
     last = runs[-1]
+    if last.platform == "vertex":
+        raise typer.Exit(_resubmit_vertex(runs, wanted))
     if last.platform != "local" or not last.build:
-        raise CalibanError(f"resubmitting {last.platform} groups is not built yet (issues #4, #6)")
+        raise CalibanError(f"resubmitting {last.platform} groups is not built yet (issue #6)")
     raise typer.Exit(_resubmit_local(runs, wanted))
 
 
 def _resubmit_local(runs, wanted: list[dict]) -> int:
-    import os
     from pathlib import Path
 
-    from caliban_flows.cli import submission as sub
     from caliban_flows.cli.execute import run_group
 
     last = runs[-1]
     recipe = last.build
     originals = {job["key"]: job for run in runs for job in run.jobs}  # newest wins
     root = Path(recipe["root"])
-    if not root.is_dir():
-        raise CalibanError(f"the group's project folder {root} is gone; cannot rebuild")
-    os.chdir(root)
-    text = sub.dockerfile(
-        gpu=recipe["gpu"],
-        extras=recipe["extras"],
-        dirs=recipe["dirs"],
-        entrypoint=sub.resolve_module(recipe["module"]),
-    )
+    text = _rebuild_recipe(recipe)
     jobs = [{**originals[r["key"]], "attempt": r["attempt"] + 1} for r in wanted]
     from caliban_flows.platforms.images import image_tag
 
@@ -251,6 +281,52 @@ def _resubmit_local(runs, wanted: list[dict]) -> int:
         image=image_tag(root, text),
         build={**recipe, "dockerfile": text},
         parallel=1,
+    )
+
+
+def _rebuild_recipe(recipe: dict) -> str:
+    """Change into the group's project folder; the Dockerfile its current code builds with."""
+    import os
+    from pathlib import Path
+
+    from caliban_flows.cli import submission as sub
+
+    root = Path(recipe["root"])
+    if not root.is_dir():
+        raise CalibanError(f"the group's project folder {root} is gone; cannot rebuild")
+    os.chdir(root)
+    return sub.dockerfile(
+        gpu=recipe["gpu"],
+        extras=recipe["extras"],
+        dirs=recipe["dirs"],
+        entrypoint=sub.resolve_module(recipe["module"]),
+    )
+
+
+def _resubmit_vertex(runs, wanted: list[dict]) -> int:
+    """Attempt N+1 of each chosen job, from the current code (or the same --image_tag)."""
+    from caliban_flows.cli.execute import check_external_api, cloud_image, run_group
+
+    check_external_api()
+    last = runs[-1]
+    originals = {job["key"]: job for run in runs for job in run.jobs}  # newest wins
+    image = last.image
+    if last.build:
+        image = cloud_image(
+            _rebuild_recipe(last.build),
+            project=last.vertex["project"],
+            region=last.vertex["region"],
+            registry=last.build.get("registry"),
+        )
+    jobs = [{**originals[r["key"]], "attempt": r["attempt"] + 1} for r in wanted]
+    return run_group(
+        xgroup=last.xgroup,
+        jobs=jobs,
+        command=last.command,
+        image=image,
+        build=last.build,
+        platform="vertex",
+        vertex=last.vertex,
     )
 
 

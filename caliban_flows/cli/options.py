@@ -179,3 +179,48 @@ RegistryBlock = Annotated[
         help="Push with this Prefect 'Docker Registry Credentials' block (URL and login).",
     ),
 ]
+ServiceAccount = Annotated[
+    str | None,
+    typer.Option("--service_account", metavar="EMAIL", help="Service account the jobs run as."),
+]
+Network = Annotated[
+    str | None,
+    typer.Option(
+        "--network", metavar="NETWORK", help="VPC network to peer with (projects/N/global/...)."
+    ),
+]
+Spot = Annotated[bool, typer.Option("--spot", help="Run on Spot VMs (cheaper, preemptible).")]
+Timeout = Annotated[
+    str | None,
+    typer.Option(
+        "--timeout", metavar="DURATION", help="Stop a job after this long: 3600, 90m, 12h."
+    ),
+]
+RestartOnWorkerRestart = Annotated[
+    bool,
+    typer.Option(
+        "--restart_on_worker_restart", help="Restart the job when its worker VM restarts."
+    ),
+]
+MaxQps = Annotated[
+    float | None,
+    typer.Option(
+        "--max_qps",
+        metavar="N",
+        min=0.1,
+        help="Vertex AI requests per second while submitting (default 5, under the default "
+        "per-region quotas).",
+    ),
+]
+Wait = Annotated[
+    bool, typer.Option("--wait", help="Follow the jobs to their end, with a live summary.")
+]
+VertexBlock = Annotated[
+    str | None,
+    typer.Option(
+        "--vertex_block",
+        metavar="NAME",
+        help="Defaults (project, region, service account, registry ...) from this Prefect "
+        "'Caliban Vertex Settings' block.",
+    ),
+]

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.states import Cancelled, Completed, Failed
 
 from caliban_flows.history import STOPPED_MESSAGE
-from caliban_flows.platforms.base import JobRequest
+from caliban_flows.platforms.base import JobRequest, JobState
 from caliban_flows.tasks.jobs import build_image, expand_sweep, run_job
 
 FLOW_NAME = "caliban-experiment-group"
@@ -27,20 +27,26 @@ def experiment_group(
     image: str | None = None,
     build: dict | None = None,
     parallel: int = 1,
+    vertex: dict | None = None,
+    wait: bool = False,
 ):
     """Build the image (when `build` is given), expand the sweep, then run every job.
 
     The parameters are also the group's record: `caliban status` reads `jobs` (key, attempt,
     name, args ...) and `command` back, and `caliban resubmit` rebuilds from `build`. The run
-    fails when any job fails.
+    fails when any job fails. On Vertex (`vertex` holds project, region and placement) the
+    run ends once every job is submitted, unless `wait`; the caller then keeps it RUNNING
+    and `caliban status` settles it when the jobs end.
     """
     from prefect.runtime import flow_run
 
     LAST_RUN["id"] = flow_run.id  # for the caller, should the run end with Ctrl-C
-    if build is not None:
+    if build is not None and platform == "local":  # remote platforms get a pushed image
         built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
         image = built["tag"]
     requests = expand_sweep(xgroup, image, jobs)
+    if platform == "vertex":
+        return _vertex_group(xgroup, requests, vertex, wait)
     try:
         states = _run_all(requests, parallel)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
@@ -52,6 +58,21 @@ def experiment_group(
     if failed:
         return Failed(message=f"{failed} of {len(states)} jobs failed")
     return Completed(message=f"{len(states)} jobs succeeded")
+
+
+def _vertex_group(xgroup: str, requests: list[JobRequest], vertex: dict, wait: bool):
+    from caliban_flows.tasks.vertex import monitor_jobs, submit_jobs
+
+    submitted = submit_jobs(requests, vertex)
+    if not wait:
+        return Completed(message=f"{len(submitted)} jobs submitted to Vertex AI")
+    ended = monitor_jobs(xgroup, vertex, submitted, _stopped)
+    if _stopped():
+        return Cancelled(message=STOPPED_MESSAGE)
+    failed = sum(1 for j in ended if j.state is not JobState.SUCCEEDED)
+    if failed:
+        return Failed(message=f"{failed} of {len(ended)} jobs failed")
+    return Completed(message=f"{len(ended)} jobs succeeded")
 
 
 def _run_all(requests: list[JobRequest], parallel: int) -> list:
@@ -88,6 +109,17 @@ def mark_stopped(flow_run_id: str) -> None:
 
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(flow_run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
+
+
+def mark_submitted(flow_run_id: str, message: str | None) -> None:
+    """Keep a Vertex group's run RUNNING while its jobs run remotely: cancellable in the UI."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(
+            flow_run_id, Running(name="Submitted", message=message), force=True
+        )
 
 
 def _stopped() -> bool:

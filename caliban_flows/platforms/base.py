@@ -68,6 +68,7 @@ class RemoteJob:
     state: JobState
     exit_code: int | None = None
     console_url: str | None = None
+    detail: str | None = None  # the platform's word on a failure, e.g. Vertex's error message
 
 
 class Platform(Protocol):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 
 import pytest
@@ -278,6 +279,12 @@ BAD_INPUTS = {
         "--docker_run_args",
     ),
     "bad calibanconfig": (["run", "--dry_run", "trainer.train"], "apt_packages"),
+    "bad timeout": (["cloud", "--nogpu", "--timeout", "soon", "trainer.train"], "--timeout"),
+    "image vertex cannot pull": (
+        ["cloud", "--nogpu", "--image_tag", "docker.io/me/img:1", "trainer.train"],
+        "Artifact Registry",
+    ),
+    "bad max_qps": (["cloud", "--nogpu", "--max_qps", "0", "trainer.train"], "--max_qps"),
 }
 
 
@@ -298,7 +305,6 @@ def test_bad_input_is_one_line_exit_2(caliban, project, case):
 
 
 NOT_BUILT = [
-    (["cloud", "--nogpu", "--project_id", "p", "trainer.train"], 4),
     (["cluster", "ls"], 6),
     (["cluster", "create", "--zone", "us-central1-a"], 6),
     (["cluster", "delete"], 6),
@@ -313,6 +319,26 @@ def test_unbuilt_execution_says_so_and_exits_2(caliban, args, issue):
     assert got.out == ""
     assert got.err.count("\n") == 1
     assert f"not built yet (issue #{issue})" in got.err
+
+
+def test_cloud_dry_run_prints_each_custom_job(caliban, project):
+    got = caliban(
+        "cloud", "--dry_run", "--project_id", "p", "--region", "us-east1", "--gpu_spec", "1xT4",
+        "--spot", "--timeout", "2h", "--service_account", "sa@p.iam.gserviceaccount.com",
+        "--xgroup", "g", "--image_tag", "us-east1-docker.pkg.dev/p/r/img:1", "trainer.train",
+    )  # fmt: skip
+    assert got.code == 0, got.err
+    [line] = [x for x in got.out.splitlines() if x.startswith("Job 1 - CustomJob: ")]
+    spec = json.loads(line.removeprefix("Job 1 - CustomJob: "))
+    pool = spec["job_spec"]["worker_pool_specs"][0]
+    assert pool["machine_spec"] == {"machine_type": "n1-standard-8",
+                                    "accelerator_type": "NVIDIA_TESLA_T4",
+                                    "accelerator_count": 1}  # fmt: skip
+    assert pool["container_spec"]["image_uri"] == "us-east1-docker.pkg.dev/p/r/img:1"
+    assert spec["job_spec"]["scheduling"] == {"timeout": "7200s", "strategy": "SPOT"}
+    assert spec["job_spec"]["service_account"] == "sa@p.iam.gserviceaccount.com"
+    assert {"caliban_xgroup_id", "caliban_job_key", "caliban_attempt"} <= set(spec["labels"])
+    assert "Parent: projects/p/locations/us-east1" in got.out
 
 
 def test_dry_run_touches_nothing(caliban, project):

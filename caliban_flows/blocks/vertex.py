@@ -1,0 +1,82 @@
+"""A Prefect block for the Vertex AI settings that outlive one `caliban cloud` command.
+
+Credentials come from a nested prefect-gcp "GCP Credentials" block, whose key stays a
+SecretDict: the API and the UI only ever show it masked.
+
+Importing this module imports Prefect, so call `backend.use_backend()` (or
+`cli.execute.prefect_ready()`) first. prefect-gcp's import also loads the high-level
+`google.cloud.aiplatform` SDK: about 3-4 s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.blocks.core import Block
+from prefect.exceptions import ObjectNotFound
+from prefect_gcp.credentials import GcpCredentials
+from pydantic import Field
+
+BLOCK_TYPE = "Caliban Vertex Settings"
+SETTINGS = ("project", "region", "service_account", "network", "registry", "max_qps", "spot")
+
+
+class VertexSettings(Block):
+    """Vertex AI defaults for `caliban cloud`: project, region, job identity and credentials."""
+
+    _block_type_name = BLOCK_TYPE
+    _description = (
+        "Vertex AI settings for caliban: project, region, the service account jobs run as, "
+        "network, image registry, submission rate, spot VMs, and GCP credentials."
+    )
+
+    project: str | None = Field(default=None, description="Google Cloud project ID.")
+    region: str | None = Field(default=None, description="Vertex AI region, e.g. us-central1.")
+    service_account: str | None = Field(
+        default=None,
+        description="Email of the service account the jobs run as (an identity, not a key).",
+    )
+    network: str | None = Field(
+        default=None,
+        description="VPC network to peer jobs with: projects/NUMBER/global/networks/NAME.",
+    )
+    registry: str | None = Field(
+        default=None,
+        description="Where images are pushed, e.g. us-central1-docker.pkg.dev/PROJECT/caliban.",
+    )
+    max_qps: float | None = Field(
+        default=None, gt=0, description="Most job submissions per second."
+    )
+    spot: bool = Field(default=False, description="Run jobs on Spot VMs.")
+    gcp_credentials: GcpCredentials | None = Field(
+        default=None,
+        description="Credentials for submitting jobs; unset: Application Default Credentials.",
+    )
+
+
+def load_block(name: str) -> VertexSettings:
+    """The saved block `name`; ValueError with a one-line message if there is none."""
+    try:
+        return VertexSettings.load(name)
+    except ValueError as e:
+        # A block that exists but fails validation is a ValueError too: only 404 is "none".
+        if not isinstance(e.__cause__, ObjectNotFound):
+            raise
+        raise ValueError(
+            f"no Prefect {BLOCK_TYPE!r} block named {name!r}; "
+            f"create one in the Prefect UI or with VertexSettings(...).save({name!r})"
+        ) from None
+
+
+def settings_from_block(name: str) -> dict[str, Any]:
+    """The block's plain settings that are set; never its credentials."""
+    block = load_block(name)
+    return {key: value for key in SETTINGS if (value := getattr(block, key)) is not None}
+
+
+def credentials_from_block(name: str) -> Any:
+    """The block's `google.auth` credentials, or None when it names no GCP Credentials."""
+    block = load_block(name)
+    if block.gcp_credentials is None:
+        return None
+    return block.gcp_credentials.get_credentials_from_service_account()

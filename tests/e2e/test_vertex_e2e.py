@@ -1,0 +1,263 @@
+"""`caliban cloud` end to end against the Vertex AI emulator, as a user types it.
+
+The real `aiplatform_v1` client in `caliban` speaks gRPC to `devtools.vertex_emulator` on
+loopback ($CALIBAN_VERTEX_ENDPOINT). With run_containers=True the emulator pulls the pushed
+image from the local registry and runs it on the local dockerd, so a job's state is a real
+program's exit code. Prefect is the real embedded server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from devtools.vertex_emulator import VertexEmulator
+from tests.conftest import BIN, wait_for
+
+TRAIN = """\
+import sys, time
+args = sys.argv[1:]
+print("training with", args, flush=True)
+if "--sleep" in args:
+    time.sleep(float(args[args.index("--sleep") + 1]))
+sys.exit(int(args[args.index("--exit") + 1]) if "--exit" in args else 0)
+"""
+IMAGE = "127.0.0.1:5000/caliban-tests/prebuilt:1"  # never pulled in simulated mode
+
+
+@pytest.fixture(scope="module")
+def caliban_home(tmp_path_factory, docker_client):
+    home = tmp_path_factory.mktemp("vertex-home")
+    yield home
+    subprocess.run(
+        [str(BIN / "python"), "-c", "from caliban_flows import backend; backend.stop()"],
+        env={**os.environ, "CALIBAN_HOME": str(home)},
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "__init__.py").write_text("")
+    (tmp_path / "trainer" / "train.py").write_text(TRAIN + f"# {uuid.uuid4()}\n")
+    (tmp_path / "requirements.txt").write_text("")
+    return tmp_path
+
+
+def make_cli(project: Path, home: Path, emulator: VertexEmulator):
+    env = {
+        **os.environ,
+        "CALIBAN_HOME": str(home),
+        "HOME": str(project.parent / "home"),
+        "CALIBAN_VERTEX_ENDPOINT": emulator.endpoint,
+        "CALIBAN_VERTEX_POLL_SECONDS": "0.2",
+        "CALIBAN_REGISTRY": "127.0.0.1:5000",
+        "PROJECT_ID": "caliban-test",
+    }
+    env.pop("PREFECT_API_URL", None)
+
+    def run(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "caliban"), *args], cwd=project, env=kwargs.pop("env", env),
+            capture_output=True, text=True, timeout=timeout, **kwargs,
+        )  # fmt: skip
+
+    run.env = env
+    return run
+
+
+@pytest.fixture
+def simulated(caliban_home, project):
+    with VertexEmulator(run_containers=False, sim_step=0.05, seed=7) as emulator:
+        yield emulator, make_cli(project, caliban_home, emulator)
+
+
+@pytest.fixture
+def real(caliban_home, project):
+    with VertexEmulator(run_containers=True, workers=4) as emulator:
+        yield emulator, make_cli(project, caliban_home, emulator)
+
+
+def status(cli, xgroup: str) -> list[dict]:
+    done = cli("status", "--xgroup", xgroup, "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def api_url(cli) -> str:
+    code = "from caliban_flows import backend; print(backend.api_url())"
+    out = subprocess.run([str(BIN / "python"), "-c", code], env=cli.env, capture_output=True,
+                         text=True, timeout=120, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def flow_run_state(cli, flow_run_id: str) -> str:
+    return httpx.get(f"{api_url(cli)}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["type"]
+
+
+def sweep(project: Path, n: int) -> None:
+    (project / "exp.json").write_text(json.dumps({"i": list(range(n))}))
+
+
+def test_cloud_sweep_runs_the_pushed_image_then_status_settles(real, project):
+    emulator, cli = real
+    xgroup = f"vx-{uuid.uuid4().hex[:8]}"
+    (project / "exp.json").write_text('{"exit": [0, 3]}')
+    done = cli("cloud", "--nogpu", "--xgroup", xgroup, "--experiment_config", "exp.json",
+               "trainer.train", "--", "--tag", "x")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "2 jobs submitted to Vertex AI" in done.stderr
+    [job] = {j.job_spec.worker_pool_specs[0].container_spec.image_uri for j in emulator.jobs()}
+    assert job.startswith("127.0.0.1:5000/caliban/")  # built here, pushed, pulled by "Vertex"
+
+    rows = wait_for(lambda: (r := status(cli, xgroup)) and all(
+        x["state"] in ("SUCCEEDED", "FAILED") for x in r) and r)  # fmt: skip
+    assert [r["args"] for r in rows] == [
+        ["--tag", "x", "--exit", "0"],
+        ["--tag", "x", "--exit", "3"],
+    ]
+    assert [r["state"] for r in rows] == ["SUCCEEDED", "FAILED"]
+    assert "exit code 3" in rows[1]["detail"]
+    assert all(r["platform"] == "vertex" and r["remote_id"].startswith("projects/caliban-test/")
+               for r in rows)  # fmt: skip
+    assert all(r["console_url"].startswith("https://console.cloud.google.com/") for r in rows)
+    # Status settled the group's run: its jobs ended, one failed.
+    assert flow_run_state(cli, rows[0]["flow_run_id"]) == "FAILED"
+
+    again = cli("cloud", "--nogpu", "--xgroup", xgroup, "--experiment_config", "exp.json",
+                "trainer.train", "--", "--tag", "x")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert sorted(emulator.creates_by_key().values()) == [1, 1]  # nothing submitted twice
+
+    # Fix the code and resubmit the failed job: attempt 2 succeeds.
+    (project / "trainer" / "train.py").write_text("import sys\nprint('fixed')\n")
+    redo = cli("resubmit", "--xgroup", xgroup, "--yes")
+    assert redo.returncode == 0, redo.stdout + redo.stderr
+    rows = wait_for(lambda: (r := status(cli, xgroup)) and all(
+        x["state"] == "SUCCEEDED" for x in r) and r)  # fmt: skip
+    assert [(r["attempt"], r["attempts"]) for r in rows] == [(1, 1), (2, 2)]
+
+
+def test_wait_follows_the_jobs_and_stop_cancels_them(real, project):
+    emulator, cli = real
+    xgroup = f"vw-{uuid.uuid4().hex[:8]}"
+    (project / "exp.json").write_text('{"exit": [0, 4]}')
+    done = cli("cloud", "--nogpu", "--wait", "--xgroup", xgroup, "--experiment_config",
+               "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "1 succeeded, 1 failed" in done.stderr and "1 of 2 jobs failed" in done.stderr
+
+    long = f"vs-{uuid.uuid4().hex[:8]}"
+    started = cli("cloud", "--nogpu", "--xgroup", long, "trainer.train", "--", "--sleep", "600")
+    assert started.returncode == 0, started.stderr
+    wait_for(lambda: status(cli, long)[0]["state"] == "RUNNING")
+    stopped = cli("stop", "--xgroup", long, "--yes")
+    assert stopped.returncode == 0, stopped.stderr
+
+    def long_job_states() -> list[str]:
+        pools = [(j, j.job_spec.worker_pool_specs[0]) for j in emulator.jobs()]
+        return [j.state.name for j, pool in pools if "600" in list(pool.container_spec.args)]
+
+    wait_for(lambda: long_job_states() == ["JOB_STATE_CANCELLED"])
+    assert status(cli, long)[0]["state"] == "STOPPED"
+
+
+def test_a_thousand_submissions_under_injected_errors_make_no_duplicates(simulated, project):
+    emulator, cli = simulated
+    emulator.error_rate = 0.2  # 429 and 503 answers; half of those on creates lose the response
+    sweep(project, 1000)
+    xgroup = f"v1k-{uuid.uuid4().hex[:8]}"
+    start = time.perf_counter()
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--max_qps", "500", "--xgroup", xgroup,
+               "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+    took = time.perf_counter() - start
+    creates = emulator.creates_by_key()
+    calls = emulator.calls()
+    print(f"\n1,000 jobs under 20% injected 429/503: {took:.1f} s, "
+          f"{calls['CreateCustomJob']} create calls, {len(creates)} keys created, "
+          f"{emulator.duplicates()} duplicates")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(creates) == 1000 and emulator.duplicates() == 0
+    assert calls["CreateCustomJob"] > 1000  # errors really happened and were retried
+    assert len(status(cli, xgroup)) == 1000
+
+
+def test_a_submission_killed_at_a_random_point_then_rerun_makes_each_job_once(simulated, project):
+    emulator, cli = simulated
+    emulator.latency = 0.02
+    n = 300
+    sweep(project, n)
+    xgroup = f"vk-{uuid.uuid4().hex[:8]}"
+    argv = ["cloud", "--nogpu", "--image_tag", IMAGE, "--max_qps", "100", "--xgroup", xgroup,
+            "--experiment_config", "exp.json", "trainer.train"]  # fmt: skip
+    kill_after = random.randint(1, n - 50)
+    first = subprocess.Popen([str(BIN / "caliban"), *argv], cwd=project, env=cli.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # fmt: skip
+    try:
+        wait_for(lambda: len(emulator.creates_by_key()) >= kill_after)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    before = len(emulator.creates_by_key())
+    again = cli(*argv)
+    creates = emulator.creates_by_key()
+    print(f"\nSIGKILL after {before} of {n} creates, then rerun: {len(creates)} jobs, "
+          f"{emulator.duplicates()} duplicates")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert len(creates) == n and emulator.duplicates() == 0
+    assert before < n  # it really was killed part-way
+
+
+def test_a_job_that_ended_while_nothing_watched_shows_its_truth(simulated, project):
+    emulator, cli = simulated
+    emulator.hold(True)
+    xgroup = f"vn-{uuid.uuid4().hex[:8]}"
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup, "trainer.train")
+    assert done.returncode == 0, done.stderr
+    row = wait_for(lambda: (r := status(cli, xgroup)[0])["state"] == "RUNNING" and r)
+    assert flow_run_state(cli, row["flow_run_id"]) == "RUNNING"
+    emulator.finish(row["remote_id"], "JOB_STATE_FAILED")  # nothing of ours is running now
+    after = status(cli, xgroup)[0]
+    assert after["state"] == "FAILED"
+    assert flow_run_state(cli, row["flow_run_id"]) == "FAILED"
+
+
+def test_cancelling_the_flow_run_in_prefect_cancels_the_remote_jobs(simulated, project):
+    emulator, cli = simulated
+    emulator.hold(True)
+    sweep(project, 3)
+    xgroup = f"vc-{uuid.uuid4().hex[:8]}"
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup,
+               "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run_id = status(cli, xgroup)[0]["flow_run_id"]
+    # What the UI's Cancel button does.
+    body = {"state": {"type": "CANCELLING", "message": "cancelled in the UI"}, "force": True}
+    httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=10)
+    status(cli, xgroup)  # the next reconcile
+    wait_for(lambda: {j.state.name for j in emulator.jobs()} == {"JOB_STATE_CANCELLED"})
+    assert {r["state"] for r in status(cli, xgroup)} == {"STOPPED"}
+    assert flow_run_state(cli, run_id) == "CANCELLED"
+
+
+def test_an_unreachable_prefect_api_fails_fast_and_submits_nothing(simulated, project):
+    emulator, cli = simulated
+    env = {**cli.env, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    start = time.perf_counter()
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "trainer.train", env=env)
+    took = time.perf_counter() - start
+    print(f"\nunreachable Prefect API: exit {done.returncode} after {took:.2f} s")
+    assert done.returncode == 1 and took < 5.0
+    assert done.stderr.count("\n") == 1 and "is not answering" in done.stderr
+    assert emulator.calls()["CreateCustomJob"] == 0
