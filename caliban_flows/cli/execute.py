@@ -82,7 +82,8 @@ def prefect_ready(*preload: str) -> str:
 
     from caliban_flows import backend
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    # Quiet on the terminal (caliban prints outcomes itself), but the runs keep their logs.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     check_external_api()
     try:

@@ -261,3 +261,29 @@ def test_an_unreachable_prefect_api_fails_fast_and_submits_nothing(simulated, pr
     assert done.returncode == 1 and took < 5.0
     assert done.stderr.count("\n") == 1 and "is not answering" in done.stderr
     assert emulator.calls()["CreateCustomJob"] == 0
+
+
+def test_defaults_from_a_prefect_vertex_settings_block(simulated, project):
+    emulator, cli = simulated
+    name = f"vb-{uuid.uuid4().hex[:8]}"
+    save = (
+        "from caliban_flows import backend; backend.use_backend()\n"
+        "from caliban_flows.blocks.vertex import VertexSettings\n"
+        f"VertexSettings(project='from-block', region='europe-west4', max_qps=50,"
+        f" service_account='jobs@from-block.iam.gserviceaccount.com').save({name!r})\n"
+    )
+    saved = subprocess.run([str(BIN / "python"), "-c", save], env=cli.env, cwd=project,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert saved.returncode == 0, saved.stderr
+    env = {k: v for k, v in cli.env.items() if k != "PROJECT_ID"}
+    done = cli("cloud", "--nogpu", "--vertex_block", name, "--image_tag", IMAGE, "--xgroup", name,
+               "trainer.train", env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    [job] = emulator.jobs()
+    assert job.name.startswith("projects/from-block/locations/europe-west4/")
+    assert job.job_spec.service_account == "jobs@from-block.iam.gserviceaccount.com"
+
+    missing = cli("cloud", "--nogpu", "--vertex_block", "no-such", "--image_tag", IMAGE,
+                  "trainer.train")  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    assert "no-such" in missing.stderr
