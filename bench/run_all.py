@@ -16,6 +16,9 @@ SCRIPTS = [
     "push_unchanged.py",
     "orchestration_overhead.py",
     "status_1k.py",
+    "vertex_submit_1k.py",
+    "vertex_qps.py",
+    "vertex_status_1k.py",
 ]
 
 

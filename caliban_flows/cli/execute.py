@@ -153,7 +153,8 @@ def run_group(
     On Vertex without `wait`, 0 once every job is submitted; the run is then left RUNNING
     (state name "Submitted") for `caliban status` to settle when the jobs end.
     """
-    prefect_ready("prefect", "caliban_flows.flows.experiment_group")
+    clients = ("google.cloud.aiplatform_v1",) if platform == "vertex" else ()
+    prefect_ready("prefect", "caliban_flows.flows.experiment_group", *clients)
     from prefect import tags
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.task_runners import ThreadPoolTaskRunner

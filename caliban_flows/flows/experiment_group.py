@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.states import Cancelled, Completed, Failed
+from prefect.utilities.annotations import quote
 
 from caliban_flows.history import STOPPED_MESSAGE
 from caliban_flows.platforms.base import JobRequest, JobState
@@ -44,7 +45,8 @@ def experiment_group(
     if build is not None and platform == "local":  # remote platforms get a pushed image
         built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
         image = built["tag"]
-    requests = expand_sweep(xgroup, image, jobs)
+    # quote(): Prefect need not walk a thousand jobs looking for futures to resolve.
+    requests = expand_sweep(xgroup, image, quote(jobs))
     if platform == "vertex":
         return _vertex_group(xgroup, requests, vertex, wait)
     try:
@@ -63,7 +65,7 @@ def experiment_group(
 def _vertex_group(xgroup: str, requests: list[JobRequest], vertex: dict, wait: bool):
     from caliban_flows.tasks.vertex import monitor_jobs, submit_jobs
 
-    submitted = submit_jobs(requests, vertex)
+    submitted = submit_jobs(quote(requests), vertex)
     if not wait:
         return Completed(message=f"{len(submitted)} jobs submitted to Vertex AI")
     ended = monitor_jobs(xgroup, vertex, submitted, _stopped)
