@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from caliban_flows.platforms.base import JobState, RemoteJob
 
 PAGE = 200  # the most Prefect returns per request
+FLOW_NAME = "caliban-experiment-group"
+ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING")
 STOPPED_MESSAGE = "stopped by caliban stop"
 
 
@@ -41,7 +43,12 @@ def read_group_runs(http, xgroup: str | None = None) -> list[GroupRun]:
     while True:
         response = http.post(
             "/flow_runs/filter",
-            json={"flow_runs": {"tags": {"all_": tags}}, "limit": PAGE, "offset": offset},
+            json={
+                "flows": {"name": {"any_": [FLOW_NAME]}},
+                "flow_runs": {"tags": {"all_": tags}},
+                "limit": PAGE,
+                "offset": offset,
+            },
         )
         response.raise_for_status()
         page = response.json()
@@ -51,6 +58,23 @@ def read_group_runs(http, xgroup: str | None = None) -> list[GroupRun]:
         offset += PAGE
     runs.sort(key=lambda run: run.get("created") or "")
     return [_group_run(run) for run in runs]
+
+
+def active_xgroups(http) -> list[str]:
+    """Groups with a run that is not over yet: what the reconcile service looks at."""
+    body = {
+        "flows": {"name": {"any_": [FLOW_NAME]}},
+        "flow_runs": {
+            "tags": {"all_": ["caliban"]},
+            "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}},
+        },
+        "limit": PAGE,
+    }
+    response = http.post("/flow_runs/filter", json=body)
+    response.raise_for_status()
+    return list(
+        dict.fromkeys((r.get("parameters") or {}).get("xgroup", "") for r in response.json())
+    )
 
 
 def _group_run(run: dict) -> GroupRun:

@@ -25,6 +25,15 @@ class VertexSettings(Block):
     """Vertex AI defaults for `caliban cloud`: project, region, job identity and credentials."""
 
     _block_type_name = BLOCK_TYPE
+    _documentation_url = "https://cloud.google.com/vertex-ai/docs/training/create-custom-job"
+    _code_example = """
+    ```python
+    from caliban_flows.blocks.vertex import VertexSettings
+
+    settings = VertexSettings.load("BLOCK_NAME")
+    ```
+    Or on the command line: `caliban cloud --vertex_block BLOCK_NAME ...`.
+    """
     _description = (
         "Vertex AI settings for caliban: project, region, the service account jobs run as, "
         "network, image registry, submission rate, spot VMs, and GCP credentials."

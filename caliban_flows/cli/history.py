@@ -23,42 +23,17 @@ class Format(str, Enum):
     csv = "csv"
 
 
-class _Platforms:
-    """One client per platform and place for the whole command: poll, cancel."""
+def _platforms():
+    from caliban_flows.reconcile import Platforms
 
-    def __init__(self) -> None:
-        self._clients: dict[tuple, object] = {}
+    def credentials_for(vertex: dict):
+        if not vertex.get("credentials_block"):
+            return None
+        from caliban_flows.tasks.vertex import block_credentials
 
-    def get(self, run):
-        if run.platform == "vertex":
-            vertex = run.vertex or {}
-            key = ("vertex", vertex.get("project"), vertex.get("region"))
-            if key not in self._clients:
-                from caliban_flows.platforms.vertex import Vertex
+        return block_credentials(vertex)
 
-                credentials = None
-                if vertex.get("credentials_block"):
-                    from caliban_flows.tasks.vertex import block_credentials
-
-                    credentials = block_credentials(vertex)
-                self._clients[key] = Vertex.from_record(vertex, credentials=credentials)
-            return self._clients[key]
-        if "local" not in self._clients:
-            from caliban_flows.cli.execute import docker_client
-            from caliban_flows.platforms.local import LocalDocker
-
-            self._clients["local"] = LocalDocker(docker_client())
-        return self._clients["local"]
-
-    def poll(self, run):
-        try:
-            return self.get(run).poll(run.xgroup)
-        except Exception as e:  # a platform's own error, e.g. no credentials for Vertex
-            if isinstance(e, CalibanError):
-                raise
-            raise CalibanError(f"cannot list the {run.platform} jobs of {run.xgroup!r}: "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                               ) from None  # fmt: skip
+    return Platforms(credentials_for)
 
 
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
@@ -66,34 +41,19 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
 
     from caliban_flows import backend
     from caliban_flows.cli.execute import prefect_ready
-    from caliban_flows.history import job_rows, read_group_runs, remote_jobs, settlements
+    from caliban_flows.reconcile import PlatformError, reconcile
 
     known = backend.status()
     if known["mode"] == "local" and not known["initialized"]:
         return [], []  # caliban has never recorded a group here: no server to start for that
     url = prefect_ready()
-    platforms = _Platforms()
     try:
         with httpx.Client(base_url=url, timeout=30) as http:
-            runs = read_group_runs(http, xgroup)
-            remote = remote_jobs(runs, platforms.poll)
-            settled = settlements(runs, remote)
-            if settled:
-                _settle(http, platforms, settled)
-                runs = read_group_runs(http, xgroup)
+            return reconcile(http, _platforms(), xgroup)
+    except PlatformError as e:
+        raise CalibanError(str(e)) from None
     except httpx.HTTPError as e:
         raise CalibanError(f"cannot read experiment groups from Prefect at {url}: {e}") from None
-    return runs, job_rows(runs, remote)
-
-
-def _settle(http, platforms: _Platforms, settled) -> None:
-    """Remote jobs that ended (or were cancelled in the UI): make Prefect say so."""
-    for s in settled:
-        if s.cancel:
-            platforms.get(s.run).cancel(list(s.cancel))
-        if s.run.state != s.state:
-            body = {"state": {"type": s.state, "message": s.message}, "force": True}
-            http.post(f"/flow_runs/{s.run.flow_run_id}/set_state", json=body).raise_for_status()
 
 
 def _limit(rows: list[dict], xgroup: str | None, max_jobs: int | None) -> list[dict]:
@@ -228,7 +188,7 @@ def _stop(runs, active: list[dict]) -> None:
         for run_id in run_ids:
             client.set_flow_run_state(run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
     by_id = {run.flow_run_id: run for run in runs}
-    platforms = _Platforms()
+    platforms = _platforms()
     for run_id in run_ids:
         ids = [r["remote_id"] for r in active if r["flow_run_id"] == run_id and r["remote_id"]]
         if ids:

@@ -219,6 +219,7 @@ VertexBlock = Annotated[
     str | None,
     typer.Option(
         "--vertex_block",
+        "--block",
         metavar="NAME",
         help="Defaults (project, region, service account, registry ...) from this Prefect "
         "'Caliban Vertex Settings' block.",

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 from prefect import flow
 from prefect.states import Cancelled, Completed, Failed
 from prefect.utilities.annotations import quote
 
-from caliban_flows.history import STOPPED_MESSAGE
+from caliban_flows.history import FLOW_NAME, STOPPED_MESSAGE
 from caliban_flows.platforms.base import JobRequest, JobState
 from caliban_flows.tasks.jobs import build_image, expand_sweep, run_job
 
-FLOW_NAME = "caliban-experiment-group"
 LAST_RUN: dict[str, str] = {}
 
 
@@ -48,12 +49,15 @@ def experiment_group(
     # quote(): Prefect need not walk a thousand jobs looking for futures to resolve.
     requests = expand_sweep(xgroup, image, quote(jobs))
     if platform == "vertex":
-        return _vertex_group(xgroup, requests, vertex, wait)
+        outcome = _vertex_group(xgroup, requests, vertex, wait)
+        _publish(xgroup)
+        return outcome
     try:
         states = _run_all(requests, parallel)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
         _cancel_running(xgroup, {r.key for r in requests})
         raise
+    _publish(xgroup)
     if _stopped():  # `caliban stop` cancelled this run: keep it cancelled, not failed
         return Cancelled(message=STOPPED_MESSAGE)
     failed = sum(1 for s in states if not s.is_completed())
@@ -94,6 +98,22 @@ def _run_all(requests: list[JobRequest], parallel: int) -> list:
             states.append(future.state)
             print(_outcome(request, future.state), flush=True)
     return states
+
+
+def _publish(xgroup: str) -> None:
+    """The run's job table and summary artifacts; a failure here never fails the group."""
+    import httpx
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.reconcile import Platforms, publish_group
+    from caliban_flows.tasks.vertex import block_credentials
+
+    try:
+        with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=30) as http:
+            publish_group(http, Platforms(block_credentials), xgroup, flow_run.id)
+    except Exception as e:
+        print(f"warning: the jobs table was not published: {e}", file=sys.stderr)
 
 
 def _cancel_running(xgroup: str, keys: set[str]) -> None:

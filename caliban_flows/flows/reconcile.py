@@ -1,0 +1,36 @@
+"""The reconcile service: every active group's states and artifacts kept true on an interval.
+
+`caliban serve` serves this flow as a deployment with an interval schedule, so the Prefect UI
+tells the truth without anyone running `caliban status`, and a run cancelled in the UI has its
+remote jobs cancelled within one interval.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+DEPLOYMENT = "caliban-reconcile"
+
+
+@flow(name="caliban-reconcile", persist_result=False)
+def reconcile_active_groups() -> str:
+    """One round: reconcile each group that has a run not over yet."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.history import active_xgroups
+    from caliban_flows.reconcile import PlatformError, Platforms, reconcile
+    from caliban_flows.tasks.vertex import block_credentials
+
+    logger = get_run_logger()
+    platforms = Platforms(block_credentials)
+    done, failed = 0, 0
+    with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=60) as http:
+        for xgroup in active_xgroups(http):
+            try:
+                reconcile(http, platforms, xgroup, publish_all=True)
+                done += 1
+            except PlatformError as e:  # one unreachable platform must not starve the rest
+                logger.warning("xgroup %s: %s", xgroup, e)
+                failed += 1
+    return f"{done} groups reconciled, {failed} could not be listed"

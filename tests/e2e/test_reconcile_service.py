@@ -1,0 +1,87 @@
+"""`caliban serve` keeps Prefect true with nobody running `caliban status`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import uuid
+
+import httpx
+import pytest
+
+from devtools.vertex_emulator import VertexEmulator
+from tests.conftest import BIN, wait_for
+from tests.e2e.test_vertex_e2e import IMAGE, api_url, make_cli, status
+
+
+@pytest.fixture(scope="module")
+def caliban_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("serve-home")
+    yield home
+    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.backend", "stop"],
+                   env={"CALIBAN_HOME": str(home), "PATH": ""}, timeout=60)  # fmt: skip
+
+
+@pytest.fixture
+def served(caliban_home, tmp_path):
+    (tmp_path / "trainer").mkdir()
+    (tmp_path / "trainer" / "__init__.py").write_text("")
+    (tmp_path / "trainer" / "train.py").write_text("print('hi')\n")
+    with VertexEmulator(run_containers=False, sim_step=0.05) as emulator:
+        emulator.hold(True)  # jobs stay RUNNING until a test ends them
+        cli = make_cli(tmp_path, caliban_home, emulator)
+        service = subprocess.Popen([str(BIN / "caliban"), "serve", "--interval", "3"],
+                                   cwd=tmp_path, env=cli.env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        try:
+            yield emulator, cli
+        finally:
+            service.send_signal(signal.SIGINT)
+            try:
+                service.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+                service.wait()
+
+
+def artifacts(api: str, run_id: str) -> dict[str, dict]:
+    body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+    found = httpx.post(f"{api}/artifacts/filter", json=body, timeout=10).json()
+    return {a["type"]: a for a in found}
+
+
+def test_the_service_settles_ended_jobs_and_carries_ui_cancels(served, tmp_path):
+    emulator, cli = served
+    (tmp_path / "exp.json").write_text('{"i": [1, 2]}')
+    ended, cancelled = f"se-{uuid.uuid4().hex[:6]}", f"sc-{uuid.uuid4().hex[:6]}"
+    for xgroup in (ended, cancelled):
+        done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup,
+                   "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    rows = status(cli, ended)
+    run_id = rows[0]["flow_run_id"]
+    api = api_url(cli)
+
+    # The run carries its job table and summary, kept current by the service.
+    table = wait_for(lambda: artifacts(api, run_id).get("table"))
+    assert sorted(r["name"] for r in json.loads(table["data"])) == sorted(r["name"] for r in rows)
+    summary = artifacts(api, run_id)["markdown"]["data"]
+    assert f"# xgroup `{ended}`" in summary and "console.cloud.google.com" in summary
+
+    for row in rows:  # the jobs end; nobody of ours is looking
+        emulator.finish(row["remote_id"], "JOB_STATE_SUCCEEDED")
+    run_state = f"{api}/flow_runs/{run_id}"
+    wait_for(lambda: httpx.get(run_state, timeout=10).json()["state"]["type"] == "COMPLETED",
+             timeout=60)  # fmt: skip
+    final = wait_for(lambda: (t := artifacts(api, run_id)["table"]) and all(
+        r["state"] == "SUCCEEDED" for r in json.loads(t["data"])))  # fmt: skip
+    assert final
+
+    # Cancel in the UI; the service cancels the remote jobs.
+    before = status(cli, cancelled)
+    names = {r["remote_id"] for r in before}
+    body = {"state": {"type": "CANCELLING"}, "force": True}
+    httpx.post(f"{api}/flow_runs/{before[0]['flow_run_id']}/set_state", json=body, timeout=10)
+    wait_for(lambda: {j.state.name for j in emulator.jobs() if j.name in names}
+             == {"JOB_STATE_CANCELLED"}, timeout=60)  # fmt: skip

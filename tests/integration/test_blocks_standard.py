@@ -1,0 +1,44 @@
+"""Prefect's own standard checks for our blocks, and their registration by module."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import httpx
+import pytest
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
+
+from caliban_flows.blocks import VertexSettings
+from tests.conftest import BIN
+
+
+class TestVertexSettings(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return VertexSettings
+
+    def test_has_a_valid_image(self, block) -> None:
+        # Prefect's version downloads the logo; nothing can be downloaded here, and we ship
+        # no logo, so the UI shows its default one.
+        assert block._logo_url is None
+
+
+def test_prefect_block_register_finds_our_blocks(tmp_path):
+    env = {**os.environ, "CALIBAN_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    start = "from caliban_flows import backend; print(backend.use_backend())"
+    url = subprocess.run([str(BIN / "python"), "-c", start], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.strip()  # fmt: skip
+    try:
+        env["PREFECT_API_URL"] = url
+        registered = subprocess.run(
+            [str(BIN / "prefect"), "block", "register", "-m", "caliban_flows.blocks"],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        types = httpx.post(f"{url}/block_types/filter", json={}, timeout=10).json()
+        assert "caliban-vertex-settings" in {t["slug"] for t in types}
+    finally:
+        subprocess.run([str(BIN / "python"), "-m", "caliban_flows.backend", "stop"], env=env,
+                       timeout=60)  # fmt: skip
