@@ -8,7 +8,7 @@ from pathlib import Path
 
 from caliban_flows.cli import submission as sub
 from caliban_flows.spec.errors import CalibanError, SpecError
-from caliban_flows.spec.jobspec import job_keys
+from caliban_flows.spec.jobspec import job_records
 
 
 def docker_client():
@@ -54,6 +54,10 @@ def push_here(tag: str, target) -> str:
         raise CalibanError(str(e)) from e
     if not pushed.pushed:
         print(f"{pushed.reference} is already in the registry: nothing pushed", file=sys.stderr)
+    else:  # for event-triggered deployments; only when a Prefect API is already up
+        from caliban_flows.cli.deploy import image_pushed
+
+        image_pushed(pushed.reference, local_tag=tag)
     return pushed.reference
 
 
@@ -238,18 +242,8 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
             gpu=False, extras=plan.extras, dirs=plan.dirs, entrypoint=plan.entrypoint
         )
     previous = local_attempts(client, plan.xgroup)
-    jobs = [
-        {
-            "key": key,
-            "attempt": previous.get(key, 0) + 1,
-            "name": spec.name,
-            "args": list(spec.args),
-            "labels": dict(spec.labels),
-            "gpu": gpu,
-            "run_args": run_args,
-        }
-        for key, spec in zip(job_keys(plan.xgroup, plan.jobs), plan.jobs)
-    ]
+    next_attempts = {key: n + 1 for key, n in previous.items()}
+    jobs = job_records(plan.xgroup, plan.jobs, next_attempts, gpu=gpu, run_args=run_args)
     build = None
     image = image_id
     if image_id is None:
@@ -297,17 +291,7 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
     image = cloud_image(plan.dockerfile, project=placement.project, region=placement.region,
                         image_tag=image_tag, no_cache=no_cache, registry=registry,
                         registry_block=registry_block)  # fmt: skip
-    attempts = attempts or {}
-    jobs = [
-        {
-            "key": key,
-            "attempt": attempts.get(key, 1),
-            "name": spec.name,
-            "args": list(spec.args),
-            "labels": dict(spec.labels),
-        }
-        for key, spec in zip(job_keys(plan.xgroup, plan.jobs), plan.jobs)
-    ]
+    jobs = job_records(plan.xgroup, plan.jobs, attempts)  # default 1: reruns add none
     vertex = {
         "project": placement.project,
         "region": placement.region,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from caliban_flows import __version__
-from caliban_flows.cli import cloud, cluster, history, local, serve
+from caliban_flows.cli import cloud, cluster, deploy, history, local, serve
 from caliban_flows.cli.flagfile import expand_flagfiles
 from caliban_flows.spec.errors import CalibanError, SpecError
 
@@ -44,7 +44,7 @@ def _root(
     pass
 
 
-for module in (local, cloud, cluster, history, serve):
+for module in (local, cloud, cluster, history, serve, deploy):
     module.register(app)
 
 
