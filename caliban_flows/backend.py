@@ -60,6 +60,7 @@ _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b")
 _children: dict[int, subprocess.Popen] = {}
 
 
+DATABASE_URL_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"  # a user's own database: no seed
 EXTERNAL_HEALTH_TIMEOUT = 3.0  # a dead PREFECT_API_URL must fail a command within seconds
 
 
@@ -276,7 +277,7 @@ def _seed_database(p: _Paths) -> bool:
     from importlib.resources import files
 
     database = p.prefect_home / "prefect.db"
-    if database.exists():
+    if database.exists() or os.environ.get(DATABASE_URL_ENV):  # theirs, e.g. PostgreSQL
         return False
     try:
         seed = files("caliban_flows") / "data" / f"prefect-{version('prefect')}.db.gz"
@@ -314,7 +315,7 @@ def _server_env(p: _Paths) -> dict[str, str]:
     env.pop(LOCAL_URL_ENV, None)
     env["PREFECT_HOME"] = str(p.prefect_home)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    if _seeded_for_this_prefect(p):
+    if _seeded_for_this_prefect(p) and not os.environ.get(DATABASE_URL_ENV):
         # Already migrated, block types already registered: checking both again costs ~1 s
         # of every start. After a Prefect upgrade the marker differs and Prefect does both.
         env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
@@ -636,6 +637,8 @@ def serve(port: int) -> int:
     """
     import gc
 
+    # The UI tells the browser where the API is; Prefect's default would be port 4200.
+    os.environ["PREFECT_UI_API_URL"] = f"http://{HOST}:{port}/api"
     gc.disable()
     from prefect.server.api.server import create_app
 

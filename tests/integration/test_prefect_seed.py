@@ -72,3 +72,14 @@ def test_after_a_prefect_upgrade_the_server_migrates_again(tmp_path, monkeypatch
 def _no_profile_api_url(monkeypatch, tmp_path):
     # A user's Prefect profile could point elsewhere; these tests need the local server.
     monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+
+
+def test_a_database_of_the_users_own_is_neither_seeded_nor_left_unmigrated(tmp_path, monkeypatch):
+    monkeypatch.setenv("CALIBAN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", "postgresql+asyncpg://x@h/db")
+    paths = backend._Paths(tmp_path / "home")
+    assert backend._seed_database(paths) is False
+    assert not (paths.prefect_home / "prefect.db").exists()
+    paths.prefect_home.mkdir(parents=True)
+    backend._seed_marker(paths).write_text(version("prefect"))
+    assert "PREFECT_API_DATABASE_MIGRATE_ON_START" not in backend._server_env(paths)
