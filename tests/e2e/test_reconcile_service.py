@@ -46,9 +46,13 @@ def served(caliban_home, tmp_path):
 
 
 def artifacts(api: str, run_id: str) -> dict[str, dict]:
-    body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}}
+    """The newest artifact of each type on the run (a reconcile adds a new version)."""
+    body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "sort": "CREATED_DESC"}
     found = httpx.post(f"{api}/artifacts/filter", json=body, timeout=10).json()
-    return {a["type"]: a for a in found}
+    newest: dict[str, dict] = {}
+    for artifact in found:
+        newest.setdefault(artifact["type"], artifact)
+    return newest
 
 
 def test_the_service_settles_ended_jobs_and_carries_ui_cancels(served, tmp_path):
