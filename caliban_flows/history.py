@@ -30,22 +30,38 @@ class GroupRun:
     command: list[str]
     build: dict | None  # how to rebuild the image from the project folder, for resubmit
     vertex: dict | None = None  # project, region, placement, max_qps of a Vertex group
+    cluster: dict | None = None  # context, namespace, resources ... of a Kubernetes group
+    # The platform's last word on every job, written when a remote run settled with all its
+    # jobs ended: they cannot change any more, so status needs no platform call for them.
+    final: tuple[RemoteJob, ...] | None = None
+    limit: dict | None = None  # --max_running: the Prefect limit's name and the cap
+
+    @property
+    def record(self) -> dict | None:
+        """The remote platform's recorded settings."""
+        return self.cluster if self.platform == "kubernetes" else self.vertex
 
 
-def read_group_runs(http, xgroup: str | None = None) -> list[GroupRun]:
-    """Every caliban flow run (of one group, if given), oldest first, paged.
+def read_group_runs(
+    http, xgroup: str | None = None, *, tags: Iterable[str] = (), states: Iterable[str] = ()
+) -> list[GroupRun]:
+    """Every caliban flow run (of one group, with these tags and states, if given), oldest
+    first, paged.
 
     `http` is an httpx.Client on the Prefect API: its REST filter is one request per 200 runs,
     and skipping the `prefect` import saves more than a second per `caliban status`.
     """
-    tags = ["caliban"] + ([f"xgroup:{xgroup}"] if xgroup else [])
+    wanted = ["caliban", *([f"xgroup:{xgroup}"] if xgroup else []), *tags]
+    runs_filter: dict = {"tags": {"all_": wanted}}
+    if states:
+        runs_filter["state"] = {"type": {"any_": list(states)}}
     runs, offset = [], 0
     while True:
         response = http.post(
             "/flow_runs/filter",
             json={
                 "flows": {"name": {"any_": [FLOW_NAME]}},
-                "flow_runs": {"tags": {"all_": tags}},
+                "flow_runs": runs_filter,
                 "limit": PAGE,
                 "offset": offset,
             },
@@ -93,12 +109,38 @@ def _group_run(run: dict) -> GroupRun:
         command=list(params.get("command") or []),
         build=params.get("build"),
         vertex=params.get("vertex"),
+        cluster=params.get("cluster"),
+        final=_final(state.get("data")),
+        limit=params.get("limit"),
     )
+
+
+FINAL_KEY = "caliban_final_jobs"
+
+
+def final_data(jobs: Iterable[RemoteJob]) -> dict:
+    """A settled run's state data: its jobs' end as the platform reported it."""
+    fields = ("key", "attempt", "remote_id", "exit_code", "console_url", "detail")
+    return {FINAL_KEY: [{**{f: getattr(j, f) for f in fields}, "state": j.state.value}
+                        for j in jobs]}  # fmt: skip
+
+
+def _final(data) -> tuple[RemoteJob, ...] | None:
+    if not isinstance(data, dict) or not isinstance(data.get(FINAL_KEY), list):
+        return None
+    try:
+        return tuple(RemoteJob(**{**j, "state": JobState(j["state"])}) for j in data[FINAL_KEY])
+    except (TypeError, ValueError, KeyError):
+        return None  # not ours, or from another version: ask the platform
 
 
 def where(run: GroupRun) -> tuple:
     """What one platform list call covers: the platform, its location, the group."""
-    location = (run.vertex or {}).get("project"), (run.vertex or {}).get("region")
+    if run.platform == "kubernetes":
+        cluster = run.cluster or {}
+        location = (cluster.get("config_file"), cluster.get("context"), cluster.get("namespace"))
+    else:
+        location = (run.vertex or {}).get("project"), (run.vertex or {}).get("region")
     return (run.platform, *location, run.xgroup)
 
 
@@ -106,11 +148,19 @@ Remote = dict[tuple, dict[tuple[str, int], RemoteJob]]
 
 
 def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[RemoteJob]]) -> Remote:
-    """The platforms' view of the runs' jobs: one `poll(run)` per place and group."""
-    remote: Remote = {}
+    """The platforms' view of the runs' jobs: one `poll(run)` per place and group.
+
+    A place whose runs all settled with their jobs' end recorded is not asked again.
+    """
+    places: dict[tuple, list[GroupRun]] = {}
     for run in runs:
-        if where(run) not in remote:
-            remote[where(run)] = {(j.key, j.attempt): j for j in poll(run)}
+        places.setdefault(where(run), []).append(run)
+    remote: Remote = {}
+    for place, mine in places.items():
+        if all(r.final is not None and r.platform != "local" for r in mine):
+            remote[place] = {(j.key, j.attempt): j for r in mine for j in r.final}
+        else:
+            remote[place] = {(j.key, j.attempt): j for j in poll(mine[0])}
     return remote
 
 
@@ -154,6 +204,7 @@ class Settlement:
     state: str  # the Prefect state type to set: COMPLETED, FAILED or CANCELLED
     message: str
     cancel: tuple[str, ...] = ()  # remote jobs to cancel first
+    final: tuple[RemoteJob, ...] | None = None  # every job ended: what to record for good
 
 
 def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
@@ -164,16 +215,20 @@ def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
             continue
         seen = remote.get(where(run), {})
         found = [seen.get((j["key"], j["attempt"])) for j in run.jobs]
+        ended = all(j is None or j.state.terminal for j in found)
+        final = tuple(j for j in found if j is not None) if ended else None
         if run.state in ("CANCELLING", "CANCELLED"):
             live = tuple(j.remote_id for j in found if j is not None and not j.state.terminal)
-            if live or run.state == "CANCELLING":
-                out.append(Settlement(run, "CANCELLED", run.message or STOPPED_MESSAGE, live))
+            if live or run.state == "CANCELLING" or run.final is None:
+                message = run.message or STOPPED_MESSAGE
+                out.append(Settlement(run, "CANCELLED", message, live, final))
         elif run.state == "RUNNING" and found and all(j and j.state.terminal for j in found):
             failed = sum(1 for j in found if j.state is not JobState.SUCCEEDED)
             if failed:
-                out.append(Settlement(run, "FAILED", f"{failed} of {len(found)} jobs failed"))
+                settled = "FAILED", f"{failed} of {len(found)} jobs failed"
             else:
-                out.append(Settlement(run, "COMPLETED", f"{len(found)} jobs succeeded"))
+                settled = "COMPLETED", f"{len(found)} jobs succeeded"
+            out.append(Settlement(run, *settled, final=final))
     return out
 
 
@@ -183,11 +238,10 @@ def _state(run: GroupRun, found: RemoteJob | None) -> JobState:
         # Not started (or its container was removed): only Prefect knows.
         if stopped:
             return JobState.STOPPED
-        return (
-            JobState.SUBMITTED
-            if run.state in ("RUNNING", "PENDING", "SCHEDULED")
-            else (JobState.UNKNOWN)
-        )
+        if run.state not in ("RUNNING", "PENDING", "SCHEDULED"):
+            return JobState.UNKNOWN
+        # A capped remote group submits its jobs as slots free.
+        return JobState.QUEUED if run.limit and run.platform != "local" else JobState.SUBMITTED
     if stopped and found.state is JobState.FAILED:
         return JobState.STOPPED
     return found.state

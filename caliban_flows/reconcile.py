@@ -13,11 +13,14 @@ from caliban_flows import artifacts
 from caliban_flows.history import (
     ACTIVE_RUN_STATES,
     GroupRun,
+    final_data,
     job_rows,
     read_group_runs,
     remote_jobs,
     settlements,
+    where,
 )
+from caliban_flows.limits import fill
 
 
 class PlatformError(RuntimeError):
@@ -25,21 +28,52 @@ class PlatformError(RuntimeError):
 
 
 class Platforms:
-    """One client per platform and place, for a whole command or service round."""
+    """One client per platform and place, for a whole command or service round.
 
-    def __init__(self, credentials_for: Callable[[dict], object] = lambda vertex: None):
+    `credentials_for(vertex)` and `kube_config_for(cluster)` turn a group's record into what
+    its platform logs in with (a Prefect block's, or None for the user's own config).
+    """
+
+    def __init__(
+        self,
+        credentials_for: Callable[[dict], object] = lambda vertex: None,
+        kube_config_for: Callable[[dict], dict | None] = lambda cluster: None,
+    ):
         self._clients: dict[tuple, object] = {}
         self._credentials_for = credentials_for
+        self._kube_config_for = kube_config_for
+
+    def for_record(self, platform: str, record: dict):
+        """A new adapter for a remote group's recorded settings (placement included)."""
+        if platform == "vertex":
+            from caliban_flows.platforms.vertex import Vertex
+
+            return Vertex.from_record(record, credentials=self._credentials_for(record))
+        if platform == "kubernetes":
+            from caliban_flows.platforms.kubernetes import Kubernetes
+
+            return Kubernetes.from_record(record, config_dict=self._kube_config_for(record))
+        raise PlatformError(f"{platform} is not a remote platform")
+
+    @staticmethod
+    def max_qps(platform: str, record: dict) -> float:
+        if platform == "vertex":
+            from caliban_flows.platforms.vertex import DEFAULT_MAX_QPS
+        else:
+            from caliban_flows.platforms.kubernetes import DEFAULT_MAX_QPS
+        return record.get("max_qps") or DEFAULT_MAX_QPS
 
     def get(self, run: GroupRun):
-        if run.platform == "vertex":
-            vertex = run.vertex or {}
-            key = ("vertex", vertex.get("project"), vertex.get("region"))
+        if run.platform != "local":
+            key = where(run)[:-1]
             if key not in self._clients:
-                from caliban_flows.platforms.vertex import Vertex
-
-                credentials = self._credentials_for(vertex)
-                self._clients[key] = Vertex.from_record(vertex, credentials=credentials)
+                try:
+                    self._clients[key] = self.for_record(run.platform, run.record or {})
+                except PlatformError:
+                    raise
+                except Exception as e:  # e.g. a kubeconfig without the recorded context
+                    raise PlatformError(f"cannot reach {run.platform} for {run.xgroup!r}: "
+                                        f"{_first_line(e)}") from None  # fmt: skip
             return self._clients[key]
         if "local" not in self._clients:
             import docker
@@ -54,16 +88,34 @@ class Platforms:
             self._clients["local"] = LocalDocker(client)
         return self._clients["local"]
 
+    def submit(self, run: GroupRun, records: list[dict]) -> list:
+        """Submit some of a run's recorded jobs (queued behind --max_running) with its settings."""
+        import asyncio
+
+        from caliban_flows.platforms.base import JobRequest
+
+        if run.platform == "local":
+            raise PlatformError("local jobs are not queued remotely")
+        requests = [JobRequest.from_record(run.xgroup, run.image, job) for job in records]
+        record = run.record or {}
+        platform = self.for_record(run.platform, record)
+        max_qps = self.max_qps(run.platform, record)
+        return asyncio.run(platform.submit_all(requests, max_qps=max_qps))
+
     def poll(self, run: GroupRun):
         try:
             return self.get(run).poll(run.xgroup)
         except PlatformError:
             raise
         except Exception as e:  # a platform's own error, e.g. no credentials for Vertex
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise PlatformError(
-                f"cannot list the {run.platform} jobs of {run.xgroup!r}: {reason}"
+                f"cannot list the {run.platform} jobs of {run.xgroup!r}: {_first_line(e)}"
             ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def reconcile(
@@ -79,9 +131,24 @@ def reconcile(
     for s in settled:
         if s.cancel:
             platforms.get(s.run).cancel(list(s.cancel))
-        if s.run.state != s.state:
-            body = {"state": {"type": s.state, "message": s.message}, "force": True}
+        if s.run.state != s.state or (s.final is not None and s.run.final is None):
+            state = {"type": s.state, "message": s.message}
+            if s.final is not None:
+                state["data"] = final_data(s.final)
+            body = {"state": state, "force": True}
             http.post(f"/flow_runs/{s.run.flow_run_id}/set_state", json=body).raise_for_status()
+    limits = {
+        r.limit["name"]
+        for r in runs
+        if r.limit
+        and r.platform != "local"
+        and (r.state in ACTIVE_RUN_STATES or r.flow_run_id in {s.run.flow_run_id for s in settled})
+    }
+    place = {(j["key"], j["attempt"]): where(r) for r in runs for j in r.jobs}
+    for name in sorted(limits):  # release the slots of ended jobs, fill them with queued ones
+        for job in fill(http, platforms, name):
+            if (job.key, job.attempt) in place:
+                remote[place[job.key, job.attempt]][job.key, job.attempt] = job
     if settled:
         runs = read_group_runs(http, xgroup)
     rows = job_rows(runs, remote)

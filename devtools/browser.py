@@ -41,6 +41,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from devtools import engine
+
 PACKAGE = "chromium"
 NAMES = ("chromium", "chromium-browser")
 FLAGS = (
@@ -107,46 +109,6 @@ def _find() -> str | None:
     return None
 
 
-def _is_root_on_debian() -> bool:
-    return (
-        os.geteuid() == 0 and Path("/etc/debian_version").exists() and bool(shutil.which("apt-get"))
-    )
-
-
-def _apt_has_candidate(pkg: str) -> bool:
-    done = subprocess.run(["apt-cache", "policy", pkg], capture_output=True, text=True, check=False)
-    return done.returncode == 0 and "Candidate:" in done.stdout and "(none)" not in done.stdout
-
-
-def _apt_install(pkg: str, work: Path) -> None:
-    """apt-get install `pkg`; apt-get update first only if apt has no candidate for it, and
-    once more if the install fails on stale lists."""
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = work / "apt.log"
-
-    def run(*args: str) -> bool:
-        with open(log, "a") as fh:
-            fh.write(f"\n$ {' '.join(args)}\n")
-            fh.flush()
-            done = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
-        return done.returncode == 0
-
-    # Wait for a dpkg lock another apt-get holds rather than fail at once.
-    lock_wait = ("-o", "DPkg::Lock::Timeout=300")
-    install = ("apt-get", *lock_wait, "install", "-y", "-q", "--no-install-recommends", pkg)
-    start = time.monotonic()
-    _log(f"apt-get install {pkg} (log {log}) ...")
-    if not _apt_has_candidate(pkg):
-        run("apt-get", *lock_wait, "update", "-q")
-    ok = run(*install)
-    if not ok:
-        _log("apt-get install failed; running apt-get update and trying once more")
-        ok = run("apt-get", *lock_wait, "update", "-q") and run(*install)
-    if not ok:
-        raise BrowserError(f"apt-get install {pkg} failed; log {log}:\n{_tail(log)}")
-    _log(f"apt-get install {pkg}: done in {time.monotonic() - start:.1f} s")
-
-
 def ensure_chromium() -> str:
     """The path of a Chromium binary; installs Debian's `chromium` (as root on Debian) if
     none is found. $CALIBAN_CHROMIUM names a binary to use instead."""
@@ -155,7 +117,7 @@ def ensure_chromium() -> str:
         return found
     if os.environ.get("CALIBAN_CHROMIUM"):
         raise BrowserError(f"CALIBAN_CHROMIUM={os.environ['CALIBAN_CHROMIUM']} is not executable")
-    if not _is_root_on_debian():
+    if not engine.is_root_on_debian():
         raise BrowserError(
             "Chromium is not installed and installing it needs root on Debian: run "
             "`apt-get install chromium`, or set CALIBAN_CHROMIUM to a Chromium binary"
@@ -164,7 +126,7 @@ def ensure_chromium() -> str:
     with _locked(work):
         found = _find()  # another process may have installed it while we waited
         if found is None:
-            _apt_install(PACKAGE, work)
+            engine.apt_install([PACKAGE], work, error=BrowserError)
             found = _find()
     if found is None:
         raise BrowserError(f"apt-get installed {PACKAGE} but no {' or '.join(NAMES)} is on PATH")

@@ -202,7 +202,7 @@ def _stop_pid(pid: int, start_time: int | None, name: str, timeout: float = STOP
     return True
 
 
-def _is_root_on_debian() -> bool:
+def is_root_on_debian() -> bool:
     return os.geteuid() == 0 and Path("/etc/debian_version").exists() and bool(which("apt-get"))
 
 
@@ -243,16 +243,24 @@ def _apt_has_candidates(pkgs: list[str]) -> bool:
     return done.returncode == 0 and found == len(pkgs)
 
 
-def _apt_install(pkgs: list[str], work: Path) -> None:
-    """apt-get install what is missing; apt-get update first only if apt lacks a candidate,
-    and once more if an install fails on stale lists."""
+APT_LOCK_TIMEOUT = 300  # seconds to wait for a dpkg lock that another apt-get holds
+
+
+def apt_install(pkgs: list[str], work: Path, error: type[Exception] | None = None) -> None:
+    """apt-get install what is missing (devtools' one way to install Debian packages).
+
+    apt-get update runs first only if apt lacks a candidate, and once more if an install
+    fails on stale lists; a dpkg lock held by another apt-get is waited for. Failures raise
+    `error` (EngineError by default) with the tail of `work`/apt.log.
+    """
+    error = error or EngineError
     missing = [p for p in pkgs if not _dpkg_installed(p)]
     if not missing:
         return
-    if not _is_root_on_debian():
-        raise EngineError(
-            f"need Debian packages {' '.join(missing)} but this is not Debian as root; "
-            "install them or start a Docker engine and set DOCKER_HOST"
+    if not is_root_on_debian():
+        raise error(
+            f"need Debian packages {' '.join(missing)}, and installing them needs root on "
+            "Debian: install them first"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log = work / "apt.log"
@@ -264,17 +272,19 @@ def _apt_install(pkgs: list[str], work: Path) -> None:
             done = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
         return done.returncode == 0
 
-    install = ("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing)
+    wait = ("-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT}")
+    update = ("apt-get", *wait, "update", "-q")
+    install = ("apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", *missing)
     with _step(f"apt-get install {' '.join(missing)}"):
         if not _apt_has_candidates(missing):
             with _step("apt-get update"):
-                run("apt-get", "update", "-q")
+                run(*update)
         if run(*install):
             return
         _log("apt-get install failed; running apt-get update and trying once more")
-        if run("apt-get", "update", "-q") and run(*install):
+        if run(*update) and run(*install):
             return
-    raise EngineError(f"apt-get install {' '.join(missing)} failed; log {log}:\n{_tail(log)}")
+    raise error(f"apt-get install {' '.join(missing)} failed; log {log}:\n{_tail(log)}")
 
 
 # --------------------------------------------------------------------------- engine
@@ -638,7 +648,7 @@ def up() -> EngineInfo:
 def _up(work: Path, state: dict, base: _BaseBuild) -> EngineInfo:
     found = _find_engine()
     if found is None:
-        if not _is_root_on_debian():
+        if not is_root_on_debian():
             raise EngineError(
                 "no Docker engine answers (DOCKER_HOST or /var/run/docker.sock), and starting "
                 "one needs root on Debian; start an engine yourself and set DOCKER_HOST"
@@ -646,9 +656,9 @@ def _up(work: Path, state: dict, base: _BaseBuild) -> EngineInfo:
         if which("dockerd") is None:
             # Fresh machine: build the base rootfs while apt installs the engine.
             if not base.cached():
-                _apt_install(["mmdebstrap", "busybox-static"], work)
+                apt_install(["mmdebstrap", "busybox-static"], work)
                 base.start()
-            _apt_install(["docker.io", "docker-registry", "busybox-static", "mmdebstrap"], work)
+            apt_install(["docker.io", "docker-registry", "busybox-static", "mmdebstrap"], work)
         if _ours_alive(state.get("dockerd")):
             # Ours, but not answering yet (e.g. still starting): wait for it.
             entry = state["dockerd"]
@@ -671,13 +681,13 @@ def _up(work: Path, state: dict, base: _BaseBuild) -> EngineInfo:
 
     if not _registry_answers():
         state.pop("registry", None)
-        _apt_install(["docker-registry"], work)
+        apt_install(["docker-registry"], work)
         _start_registry(work, state)
     registry_pid = state["registry"]["pid"] if _ours_alive(state.get("registry")) else None
 
     if not _has_image(client, BUSYBOX_IMAGE):
         if _static_busybox() is None:
-            _apt_install(["busybox-static"], work)
+            apt_install(["busybox-static"], work)
         busybox = _static_busybox()
         if busybox is None:
             raise EngineError("no statically linked busybox found (install busybox-static)")
@@ -686,7 +696,7 @@ def _up(work: Path, state: dict, base: _BaseBuild) -> EngineInfo:
 
     if not _has_image(client, BASE_IMAGE):
         if not base.cached() and base.proc is None:
-            _apt_install(["mmdebstrap"], work)
+            apt_install(["mmdebstrap"], work)
         _import_base(client, base.wait())
     else:
         base.abort()

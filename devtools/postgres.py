@@ -39,13 +39,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools import engine
+
 PG_USER = "postgres"  # the system user Debian's package creates, and our superuser's name
 DATABASE = "prefect"
 HOST = "127.0.0.1"
 START_TIMEOUT = 60  # seconds, for pg_ctl start -w
 STOP_TIMEOUT = 60
 PORT_ATTEMPTS = 3  # another program may take the free port we picked before postgres binds it
-APT_LOCK_TIMEOUT = 300  # seconds to wait for another apt/dpkg to finish
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes, minus "/.s.PGSQL.NNNNN"
 OWN_NAMES = {"data", "run", "postgres.log", "pg_ctl.log", "apt.log", "postgres.lock"}
 
@@ -126,10 +127,6 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
-def _is_root_on_debian() -> bool:
-    return _is_root() and Path("/etc/debian_version").exists() and bool(shutil.which("apt-get"))
-
-
 def _version_key(bin_dir: str) -> tuple:
     version = Path(bin_dir).parent.name
     return tuple(int(x) if x.isdigit() else 0 for x in re.split(r"[.]", version))
@@ -145,44 +142,15 @@ def find_bin_dir() -> Path | None:
     return Path(max(dirs, key=_version_key)) if dirs else None
 
 
-def _apt_install(root: Path) -> None:
-    """apt-get install postgresql; apt-get update first only if apt has no candidate."""
-    if not _is_root_on_debian():
-        raise PostgresError(
-            "initdb not found under /usr/lib/postgresql/*/bin, and installing Debian's "
-            "postgresql needs root on Debian: install PostgreSQL first"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    log = root / "apt.log"
-
-    def run(*args: str) -> bool:
-        with open(log, "a") as fh:
-            fh.write(f"\n$ {' '.join(args)}\n")
-            fh.flush()
-            done = subprocess.run(args, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
-        return done.returncode == 0
-
-    policy = subprocess.run(
-        ["apt-cache", "policy", "postgresql"], capture_output=True, text=True, check=False
-    )
-    wait = ("-o", f"DPkg::Lock::Timeout={APT_LOCK_TIMEOUT}")  # another apt may be running
-    install = ("apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", "postgresql")
-    with _step("apt-get install postgresql"):
-        if "Candidate:" not in policy.stdout or "Candidate: (none)" in policy.stdout:
-            with _step("apt-get update"):
-                run("apt-get", *wait, "update", "-q")
-        if run(*install):
-            return
-        _log("apt-get install failed; running apt-get update and trying once more")
-        if run("apt-get", *wait, "update", "-q") and run(*install):
-            return
-    raise PostgresError(f"apt-get install postgresql failed: {_tail(log)} (log {log})")
-
-
 def _ensure_binaries(root: Path) -> Path:
     bin_dir = find_bin_dir()
     if bin_dir is None:
-        _apt_install(root)
+        if not engine.is_root_on_debian():
+            raise PostgresError(
+                "initdb not found under /usr/lib/postgresql/*/bin, and installing Debian's "
+                "postgresql needs root on Debian: install PostgreSQL first"
+            )
+        engine.apt_install(["postgresql"], root, error=PostgresError)
         bin_dir = find_bin_dir()
         if bin_dir is None:
             raise PostgresError("apt installed postgresql, but no /usr/lib/postgresql/*/bin/initdb")

@@ -36,6 +36,24 @@ def run_cli(program: str, *args: str, cwd: Path, stdin: str | None = None, env=N
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def caliban_runner(cwd: Path, env: dict):
+    """`caliban ARGS...` as a user types it in `cwd`, with `env`; `.env` is kept on it."""
+
+    def run(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "caliban"), *args],
+            cwd=cwd,
+            env=kwargs.pop("env", env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    run.env = env
+    return run
+
+
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2):
     """Poll until `predicate()` is truthy and return it; fail the test after `timeout` s."""
     deadline = time.monotonic() + timeout

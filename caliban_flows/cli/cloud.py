@@ -58,8 +58,11 @@ def cloud(
     registry: o.Registry = None,
     registry_block: o.RegistryBlock = None,
     vertex_block: o.VertexBlock = None,
+    max_running: o.MaxRunning = None,
+    pool: o.Pool = None,
 ) -> None:
     """Submit one Vertex AI training job per experiment."""
+    from caliban_flows.limits import record
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
 
@@ -99,6 +102,7 @@ def cloud(
         timeout_seconds=vj.parse_timeout(timeout) if timeout else None,
         restart_job_on_worker_restart=restart_on_worker_restart,
     )
+    limit = record("vertex", p.xgroup, max_running, pool)
     if dry_run:
         _print_dry_run(p, placement, image_tag, gpu, tpu)
         return
@@ -121,6 +125,7 @@ def cloud(
             max_qps=max_qps or defaults.get("max_qps"),
             wait=wait,
             vertex_block=vertex_block,
+            limit=limit,
         )
     )
 

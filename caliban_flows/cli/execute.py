@@ -151,6 +151,7 @@ def run_group(
     platform: str = "local",
     vertex: dict | None = None,
     wait: bool = False,
+    limit: dict | None = None,
 ) -> int:
     """Run one submission of a group as a flow run; 0 when every job succeeded.
 
@@ -174,10 +175,12 @@ def run_group(
     flow = experiment_group.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=max(parallel, 1))
     )
+    if limit is not None:
+        ensure_limit(limit)
     try:
         with (
             temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-            tags(*group_tags(xgroup, platform)),
+            tags(*group_tags(xgroup, platform, limit)),
         ):
             state = flow(
                 xgroup=xgroup,
@@ -189,6 +192,7 @@ def run_group(
                 parallel=parallel,
                 vertex=vertex,
                 wait=wait,
+                limit=limit,
                 return_state=True,
             )
     except KeyboardInterrupt:
@@ -222,8 +226,20 @@ def start_backend_early() -> None:
         raise CalibanError(str(e)) from None
 
 
+def ensure_limit(limit: dict) -> None:
+    """Create the group's Prefect concurrency limit, or set its cap, before the run starts."""
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.limits import LimitError, ensure_at
+
+    try:
+        ensure_at(PREFECT_API_URL.value(), limit)
+    except LimitError as e:
+        raise CalibanError(str(e)) from None
+
+
 def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_cache: bool,
-              parallel: int) -> int:  # fmt: skip
+              parallel: int, limit: dict | None = None) -> int:  # fmt: skip
     client = docker_client()
     start_backend_early()
     if image_id is not None:
@@ -258,6 +274,7 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
         image=image,
         build=build,
         parallel=parallel,
+        limit=limit,
     )
 
 
@@ -282,7 +299,8 @@ def cloud_image(dockerfile: str, *, project: str, region: str, image_tag: str | 
 
 def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, registry_block,
               max_qps, wait, vertex_block: str | None = None,
-              attempts: dict[str, int] | None = None) -> int:  # fmt: skip
+              attempts: dict[str, int] | None = None,
+              limit: dict | None = None) -> int:  # fmt: skip
     """Submit the plan's jobs to Vertex AI as one flow run of the group."""
     from dataclasses import asdict
 
@@ -311,6 +329,7 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
         platform="vertex",
         vertex=vertex,
         wait=wait,
+        limit=limit,
     )
     if code == 0 and not wait:
         print(

@@ -12,7 +12,7 @@ import typer
 from caliban_flows.cli import options as o
 from caliban_flows.spec.errors import CalibanError, SpecError
 
-ACTIVE = ("SUBMITTED", "RUNNING")
+ACTIVE = ("QUEUED", "SUBMITTED", "RUNNING")
 PAST = {"stop": "stopped", "resubmit": "resubmitted"}
 
 
@@ -24,16 +24,9 @@ class Format(str, Enum):
 
 
 def _platforms():
-    from caliban_flows.reconcile import Platforms
+    from caliban_flows.tasks.credentials import platforms
 
-    def credentials_for(vertex: dict):
-        if not vertex.get("credentials_block"):
-            return None
-        from caliban_flows.tasks.vertex import block_credentials
-
-        return block_credentials(vertex)
-
-    return Platforms(credentials_for)
+    return platforms()
 
 
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
@@ -287,6 +280,7 @@ def _resubmit_vertex(runs, wanted: list[dict]) -> int:
         build=last.build,
         platform="vertex",
         vertex=last.vertex,
+        limit=last.limit,
     )
 
 

@@ -177,8 +177,12 @@ def run(
         int,
         typer.Option("--parallel", min=1, help="Jobs to run at once (Caliban ran one at a time)."),
     ] = 1,
+    max_running: o.MaxRunning = None,
+    pool: o.Pool = None,
 ) -> None:
     """Run the code in a local Docker container, one job per experiment."""
+    from caliban_flows.limits import record
+
     gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("run", gpu)
     run_args = sub.docker_run_args(docker_run_args) + credential_args(cloud_key)
@@ -194,12 +198,12 @@ def run(
         prebuilt_image=image_id,
     )
     image = image_id or sub.PLACEHOLDER_IMAGE
+    limit = record("local", p.xgroup, max_running, pool)
     if not dry_run:
         from caliban_flows.cli.execute import run_local
 
-        code = run_local(
-            p, image_id=image_id, run_args=run_args, no_cache=no_cache, parallel=parallel
-        )
+        code = run_local(p, image_id=image_id, run_args=run_args, no_cache=no_cache,
+                         parallel=parallel, limit=limit)  # fmt: skip
         raise typer.Exit(code)
     mode = "GPU" if gpu else "CPU"
     docker = ["docker", "run", "--ipc", "host", "-e", "PYTHONUNBUFFERED=1", *run_args, image]

@@ -225,3 +225,23 @@ VertexBlock = Annotated[
         "'Caliban Vertex Settings' block.",
     ),
 ]
+MaxRunning = Annotated[
+    int | None,
+    typer.Option(
+        "--max_running",
+        "--max-running",
+        metavar="N",
+        min=1,
+        help="At most N of the group's jobs run at once (with --pool: of every group in that "
+        "pool); the rest wait their turn. A Prefect global concurrency limit: the Prefect "
+        "UI shows it and can change it.",
+    ),
+]
+Pool = Annotated[
+    str | None,
+    typer.Option(
+        "--pool",
+        metavar="NAME",
+        help="Share the --max_running cap with every group that names this pool.",
+    ),
+]

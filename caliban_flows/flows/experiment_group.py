@@ -15,9 +15,12 @@ from caliban_flows.tasks.jobs import build_image, expand_sweep, run_job
 LAST_RUN: dict[str, str] = {}
 
 
-def group_tags(xgroup: str, platform: str) -> list[str]:
+def group_tags(xgroup: str, platform: str, limit: dict | None = None) -> list[str]:
     """Tags that find a group's flow runs again (Prefect filters tags server-side)."""
-    return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}"]
+    from caliban_flows.limits import limit_tag
+
+    capped = [limit_tag(limit["name"])] if limit else []
+    return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}", *capped]
 
 
 @flow(name=FLOW_NAME, flow_run_name="{xgroup}", persist_result=False)
@@ -31,14 +34,18 @@ def experiment_group(
     parallel: int = 1,
     vertex: dict | None = None,
     wait: bool = False,
+    limit: dict | None = None,
+    cluster: dict | None = None,
 ):
     """Build the image (when `build` is given), expand the sweep, then run every job.
 
     The parameters are also the group's record: `caliban status` reads `jobs` (key, attempt,
     name, args ...) and `command` back, and `caliban resubmit` rebuilds from `build`. The run
-    fails when any job fails. On Vertex (`vertex` holds project, region and placement) the
-    run ends once every job is submitted, unless `wait`; the caller then keeps it RUNNING
-    and `caliban status` settles it when the jobs end.
+    fails when any job fails. On Vertex (`vertex` holds project, region and placement) or
+    Kubernetes (`cluster` holds context, namespace and resources) the run ends once every job
+    is submitted, unless `wait`; the caller then keeps it RUNNING and `caliban status` settles
+    it when the jobs end. With `limit` (--max_running: a Prefect
+    concurrency limit's name and cap) at most that many jobs run at once; the rest wait.
     """
     from prefect.runtime import flow_run
 
@@ -48,12 +55,13 @@ def experiment_group(
         image = built["tag"]
     # quote(): Prefect need not walk a thousand jobs looking for futures to resolve.
     requests = expand_sweep(xgroup, image, quote(jobs))
-    if platform == "vertex":
-        outcome = _vertex_group(xgroup, requests, vertex, wait)
+    if platform != "local":
+        record = cluster if platform == "kubernetes" else vertex
+        outcome = _remote_group(xgroup, requests, platform, record, wait, limit)
         _publish(xgroup)
         return outcome
     try:
-        states = _run_all(requests, parallel)
+        states = _run_all(requests, parallel, limit["name"] if limit else None)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
         _cancel_running(xgroup, {r.key for r in requests})
         raise
@@ -66,13 +74,24 @@ def experiment_group(
     return Completed(message=f"{len(states)} jobs succeeded")
 
 
-def _vertex_group(xgroup: str, requests: list[JobRequest], vertex: dict, wait: bool):
-    from caliban_flows.tasks.vertex import monitor_jobs, submit_jobs
+def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record: dict,
+                  wait: bool, limit: dict | None):  # fmt: skip
+    from caliban_flows.tasks.remote import PLACES, fill_slots, monitor_jobs, submit_jobs
 
-    submitted = submit_jobs(quote(requests), vertex)
+    if limit:
+        submitted = fill_slots(limit["name"])
+        queued = len(requests) - len(submitted)
+        message = (f"{len(submitted)} jobs submitted to {PLACES[platform]}, {queued} queued "
+                   f"behind --max_running {limit['max_running']}")  # fmt: skip
+    else:
+        submitted = submit_jobs(quote(requests), platform, record)
+        message = f"{len(submitted)} jobs submitted to {PLACES[platform]}"
     if not wait:
-        return Completed(message=f"{len(submitted)} jobs submitted to Vertex AI")
-    ended = monitor_jobs(xgroup, vertex, submitted, _stopped)
+        # Named so that its event is prefect.flow-run.Submitted: triggers on
+        # prefect.flow-run.Completed fire once, when the jobs have ended.
+        return Completed(name="Submitted", message=message)
+    refill = (lambda: fill_slots.fn(limit["name"])) if limit else None
+    ended = monitor_jobs(xgroup, platform, record, submitted, _stopped, len(requests), refill)
     if _stopped():
         return Cancelled(message=STOPPED_MESSAGE)
     failed = sum(1 for j in ended if j.state is not JobState.SUCCEEDED)
@@ -81,18 +100,18 @@ def _vertex_group(xgroup: str, requests: list[JobRequest], vertex: dict, wait: b
     return Completed(message=f"{len(ended)} jobs succeeded")
 
 
-def _run_all(requests: list[JobRequest], parallel: int) -> list:
+def _run_all(requests: list[JobRequest], parallel: int, limit: str | None) -> list:
     states = []
     if parallel <= 1:  # Caliban's way: one after another, output streamed to the terminal
         for request in requests:
             if _stopped():
                 break
             print(f"Job {request.name} - Experiment args: {list(request.args)}", flush=True)
-            state = run_job(request, stream=True, return_state=True)
+            state = run_job(request, stream=True, limit=limit, return_state=True)
             print(_outcome(request, state), flush=True)
             states.append(state)
     else:
-        futures = [run_job.submit(r, stream=False) for r in requests]
+        futures = [run_job.submit(r, stream=False, limit=limit) for r in requests]
         for request, future in zip(requests, futures):
             future.wait()
             states.append(future.state)
@@ -106,12 +125,12 @@ def _publish(xgroup: str) -> None:
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows.reconcile import Platforms, publish_group
-    from caliban_flows.tasks.vertex import block_credentials
+    from caliban_flows.reconcile import publish_group
+    from caliban_flows.tasks.credentials import platforms
 
     try:
         with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=30) as http:
-            publish_group(http, Platforms(block_credentials), xgroup, flow_run.id)
+            publish_group(http, platforms(), xgroup, flow_run.id)
     except Exception as e:
         print(f"warning: the jobs table was not published: {e}", file=sys.stderr)
 
@@ -134,7 +153,7 @@ def mark_stopped(flow_run_id: str) -> None:
 
 
 def mark_submitted(flow_run_id: str, message: str | None) -> None:
-    """Keep a Vertex group's run RUNNING while its jobs run remotely: cancellable in the UI."""
+    """Keep a remote group's run RUNNING while its jobs run remotely: cancellable in the UI."""
     from prefect.client.orchestration import get_client
     from prefect.states import Running
 

@@ -19,11 +19,11 @@ def reconcile_active_groups() -> str:
     from prefect.settings import PREFECT_API_URL
 
     from caliban_flows.history import active_xgroups
-    from caliban_flows.reconcile import PlatformError, Platforms, reconcile
-    from caliban_flows.tasks.vertex import block_credentials
+    from caliban_flows.reconcile import PlatformError, reconcile
+    from caliban_flows.tasks.credentials import platforms as make_platforms
 
     logger = get_run_logger()
-    platforms = Platforms(block_credentials)
+    platforms = make_platforms()
     done, failed = 0, 0
     with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=60) as http:
         for xgroup in active_xgroups(http):

@@ -30,11 +30,13 @@ REPORT_FLOW = "caliban-report-failures"
 PLATFORMS = ("local", "vertex")
 # What `platform_options` may hold, per platform (a typo in a YAML file fails the run).
 OPTIONS = {
-    "local": {"parallel", "nogpu", "docker_run_args", "extras", "dirs", "no_cache"},
+    "local": {"parallel", "nogpu", "docker_run_args", "extras", "dirs", "no_cache",
+              "max_running", "pool"},
     "vertex": {
         "project", "region", "machine_type", "nogpu", "gpu_spec", "tpu_spec",
         "accelerator_type", "accelerator_count", "max_qps", "service_account", "network",
         "spot", "timeout", "restart_on_worker_restart", "force", "vertex_block",
+        "max_running", "pool",
     },
 }  # fmt: skip
 FAILED_STATES = ("FAILED", "UNKNOWN")
@@ -63,7 +65,8 @@ def sweep(
     platform_options: local: parallel, nogpu, docker_run_args, extras, dirs, no_cache;
         vertex: project, region, machine_type, nogpu, gpu_spec / tpu_spec (as the CLI) or
         accelerator_type + accelerator_count, max_qps, service_account, network, spot, timeout,
-        restart_on_worker_restart, force, vertex_block.
+        restart_on_worker_restart, force, vertex_block; both: max_running and pool (as the
+        CLI's --max_running and --pool).
     """
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -99,12 +102,19 @@ def sweep(
     logger = get_run_logger()
     logger.info("xgroup %s: %d %s job(s)", group, len(submission["jobs"]), platform)
 
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.limits import ensure_at, record
+
+    limit = record(platform, group, options.get("max_running"), options.get("pool"))
+    if limit is not None:
+        ensure_at(PREFECT_API_URL.value(), limit)
     parallel = submission.get("parallel", 1)
     group_flow = experiment_group.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=max(parallel, 1))
     )
-    with tags(*group_tags(group, platform)):  # what `caliban status` finds the group by
-        state = group_flow(**submission, return_state=True)
+    with tags(*group_tags(group, platform, limit)):  # what `caliban status` finds the group by
+        state = group_flow(**submission, limit=limit, return_state=True)
     message = f"xgroup {group}: {state.message or state.name}"
     if platform == "vertex" and state.is_completed():
         # As `caliban cloud` does: the group's run stays RUNNING while Vertex runs the jobs;
@@ -357,8 +367,8 @@ def report_failures(flow_run_id: str) -> dict:
     from prefect.artifacts import create_markdown_artifact
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows.reconcile import Platforms, reconcile
-    from caliban_flows.tasks.vertex import block_credentials
+    from caliban_flows.reconcile import reconcile
+    from caliban_flows.tasks.credentials import platforms
 
     logger = get_run_logger()
     run_id = flow_run_id.strip().removeprefix("prefect.flow-run.")
@@ -370,7 +380,7 @@ def report_failures(flow_run_id: str) -> dict:
         if not xgroup or "caliban" not in (run.get("tags") or []):
             logger.info("flow run %s is not a caliban experiment group: nothing to report", run_id)
             return {"flow_run_id": run_id, "xgroup": None, "failed": []}
-        _, rows = reconcile(http, Platforms(block_credentials), xgroup)
+        _, rows = reconcile(http, platforms(), xgroup)
     mine = [r for r in rows if r["flow_run_id"] == run_id]
     failed = [r for r in mine if r["state"] in FAILED_STATES]
     for r in failed:

@@ -16,6 +16,7 @@ ATTEMPT_LABEL = "caliban.attempt"
 class JobState(str, Enum):
     """Caliban's job states; what `caliban status` prints."""
 
+    QUEUED = "QUEUED"  # recorded, waiting for a --max_running slot; not submitted yet
     SUBMITTED = "SUBMITTED"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -25,7 +26,7 @@ class JobState(str, Enum):
 
     @property
     def terminal(self) -> bool:
-        return self not in (JobState.SUBMITTED, JobState.RUNNING)
+        return self not in (JobState.QUEUED, JobState.SUBMITTED, JobState.RUNNING)
 
 
 @dataclass(frozen=True)

@@ -105,14 +105,24 @@ def monitor_jobs(xgroup: str, jobs: Sequence[RemoteJob], stream: bool = False) -
 
 
 @task(name="run-job", task_run_name="{request.name}", cache_policy=NO_CACHE)
-def run_job(request: JobRequest, stream: bool = True):
-    """One experiment, start to end; this task run's state is the job's outcome in Prefect."""
-    remote = submit_job(request)
-    try:
-        (ended,) = monitor_jobs(request.xgroup, [remote], stream=stream)
-    except KeyboardInterrupt:
-        _local().cancel([remote.remote_id])
-        raise
+def run_job(request: JobRequest, stream: bool = True, limit: str | None = None):
+    """One experiment, start to end; this task run's state is the job's outcome in Prefect.
+
+    With `limit` (--max_running), the job holds one slot of that Prefect concurrency limit
+    while its container runs, waiting for one first.
+    """
+    import contextlib
+
+    from prefect.concurrency.sync import concurrency
+
+    slot = concurrency(limit, occupy=1, strict=True) if limit else contextlib.nullcontext()
+    with slot:
+        remote = submit_job(request)
+        try:
+            (ended,) = monitor_jobs(request.xgroup, [remote], stream=stream)
+        except KeyboardInterrupt:
+            _local().cancel([remote.remote_id])
+            raise
     result = {"remote_id": ended.remote_id, "exit_code": ended.exit_code, "key": request.key}
     # The state message carries the exit code, so the Prefect UI shows it for every job.
     outcome = "container gone" if ended.exit_code is None else f"exit code {ended.exit_code}"

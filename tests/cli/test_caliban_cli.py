@@ -285,6 +285,15 @@ BAD_INPUTS = {
         "Artifact Registry",
     ),
     "bad max_qps": (["cloud", "--nogpu", "--max_qps", "0", "trainer.train"], "--max_qps"),
+    "bad max_running": (["run", "--max_running", "0", "trainer.train"], "--max_running"),
+    "pool without max_running": (
+        ["cloud", "--dry_run", "--nogpu", "--pool", "gpus", "trainer.train"],
+        "--max_running",
+    ),
+    "bad pool name": (
+        ["run", "--dry_run", "--max_running", "2", "--pool", "My Pool", "trainer.train"],
+        "--pool",
+    ),
 }
 
 

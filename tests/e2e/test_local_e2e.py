@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, wait_for
+from tests.conftest import BIN, caliban_runner, wait_for
 
 TRAIN = """\
 import sys, time
@@ -59,20 +60,7 @@ def cli(project: Path, caliban_home: Path):
         "HOME": str(project.parent / "home"),
     }
     env.pop("PREFECT_API_URL")
-
-    def run(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / "caliban"), *args],
-            cwd=project,
-            env=kwargs.pop("env", env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            **kwargs,
-        )
-
-    run.env = env
-    return run
+    return caliban_runner(project, env)
 
 
 def status(cli, xgroup: str) -> list[dict]:
@@ -319,3 +307,31 @@ def test_build_shows_a_progress_bar_on_a_terminal(cli, project):
     child.close()
     assert child.exitstatus == 0, child.before
     assert re.search(r"building .*\d+/\d+", child.before), child.before[-2000:]
+
+
+STAMP = """\
+import sys, time
+out = f"/out/{sys.argv[sys.argv.index('--i') + 1]}.txt"
+start = time.time()
+time.sleep(1.5)
+open(out, "w").write(f"{start} {time.time()}")
+"""
+
+
+def test_max_running_caps_a_parallel_sweep_through_a_prefect_limit(cli, project, tmp_path):
+    """--parallel 3 would overlap the jobs; --max_running 1 makes them take turns."""
+    (project / "trainer" / "stamp.py").write_text(STAMP)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    xgroup = f"cap-{uuid.uuid4().hex[:8]}"
+    (project / "exp.json").write_text('{"i": [1, 2, 3]}')
+    done = cli("run", "--nogpu", "--parallel", "3", "--max_running", "1", "--xgroup", xgroup,
+               "--docker_run_args", f"-v {out}:/out", "--experiment_config", "exp.json",
+               "trainer.stamp")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    spans = sorted(tuple(map(float, f.read_text().split())) for f in out.glob("*.txt"))
+    assert len(spans) == 3
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, spans  # no two jobs ran at once
+    assert sorted(j["state"] for j in status(cli, xgroup)) == ["SUCCEEDED"] * 3

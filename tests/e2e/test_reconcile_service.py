@@ -10,6 +10,8 @@ import uuid
 import httpx
 import pytest
 
+from caliban_flows.limits import limit_name
+from caliban_flows.spec import vertex_job as vj
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, wait_for
 from tests.e2e.test_vertex_e2e import IMAGE, api_url, make_cli, status
@@ -89,3 +91,33 @@ def test_the_service_settles_ended_jobs_and_carries_ui_cancels(served, tmp_path)
     httpx.post(f"{api}/flow_runs/{before[0]['flow_run_id']}/set_state", json=body, timeout=10)
     wait_for(lambda: {j.state.name for j in emulator.jobs() if j.name in names}
              == {"JOB_STATE_CANCELLED"}, timeout=60)  # fmt: skip
+
+
+def concurrency_limit(api: str, name: str) -> dict:
+    return httpx.get(f"{api}/v2/concurrency_limits/{name}", timeout=10).json()
+
+
+def test_the_service_submits_queued_jobs_as_max_running_slots_free(served, tmp_path):
+    """The submitting process has exited; the service frees each slot and fills it."""
+    emulator, cli = served
+    (tmp_path / "exp.json").write_text('{"i": [1, 2, 3]}')
+    xgroup = f"sq-{uuid.uuid4().hex[:6]}"
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup, "--max_running",
+               "1", "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "1 jobs submitted to Vertex AI, 2 queued behind --max_running 1" in done.stderr
+    api = api_url(cli)
+    limit = limit_name("vertex", xgroup)
+    assert concurrency_limit(api, limit)["limit"] == 1
+    assert concurrency_limit(api, limit)["active_slots"] == 1
+
+    group_id = vj.xgroup_id(xgroup)
+    mine = lambda: [j for j in emulator.jobs() if j.labels[vj.XGROUP_ID_LABEL] == group_id]  # noqa: E731
+    for n in (1, 2, 3):
+        [job] = wait_for(lambda n=n: len(mine()) == n and [j for j in mine()
+                         if j.state.name == "JOB_STATE_RUNNING"], timeout=60)  # fmt: skip
+        assert concurrency_limit(api, limit)["active_slots"] == 1
+        emulator.finish(job.name, "JOB_STATE_SUCCEEDED")
+    wait_for(lambda: concurrency_limit(api, limit)["active_slots"] == 0, timeout=60)
+    assert len(mine()) == 3 and {j.state.name for j in mine()} == {"JOB_STATE_SUCCEEDED"}
+    assert max(emulator.creates_by_key().values()) == 1

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from devtools.vertex_emulator import VertexEmulator
-from tests.conftest import BIN, wait_for
+from tests.conftest import BIN, caliban_runner, wait_for
 
 TRAIN = """\
 import sys, time
@@ -65,15 +65,7 @@ def make_cli(project: Path, home: Path, emulator: VertexEmulator):
         "PROJECT_ID": "caliban-test",
     }
     env.pop("PREFECT_API_URL", None)
-
-    def run(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / "caliban"), *args], cwd=project, env=kwargs.pop("env", env),
-            capture_output=True, text=True, timeout=timeout, **kwargs,
-        )  # fmt: skip
-
-    run.env = env
-    return run
+    return caliban_runner(project, env)
 
 
 @pytest.fixture
@@ -101,8 +93,20 @@ def api_url(cli) -> str:
     return out.stdout.strip()
 
 
+def flow_run(cli, flow_run_id: str) -> dict:
+    return httpx.get(f"{api_url(cli)}/flow_runs/{flow_run_id}", timeout=10).json()
+
+
 def flow_run_state(cli, flow_run_id: str) -> str:
-    return httpx.get(f"{api_url(cli)}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["type"]
+    return flow_run(cli, flow_run_id)["state"]["type"]
+
+
+def run_events(cli, flow_run_id: str) -> list[str]:
+    """The event names Prefect recorded for one flow run."""
+    body = {"filter": {"resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+                       "occurred": {"since": "2020-01-01T00:00:00Z"}}, "limit": 50}  # fmt: skip
+    page = httpx.post(f"{api_url(cli)}/events/filter", json=body, timeout=10).json()
+    return [e["event"] for e in page["events"]]
 
 
 def sweep(project: Path, n: int) -> None:
@@ -232,6 +236,33 @@ def test_a_job_that_ended_while_nothing_watched_shows_its_truth(simulated, proje
     assert after["state"] == "FAILED"
     assert flow_run_state(cli, row["flow_run_id"]) == "FAILED"
 
+    # Settled with every job ended: the run's state records them, so status asks Vertex no more.
+    recorded = flow_run(cli, row["flow_run_id"])["state"]["data"]["caliban_final_jobs"]
+    assert [(j["remote_id"], j["state"]) for j in recorded] == [(row["remote_id"], "FAILED")]
+    lists = emulator.calls()["ListCustomJobs"]
+    again = status(cli, xgroup)[0]
+    assert emulator.calls()["ListCustomJobs"] == lists
+    assert {k: again[k] for k in ("state", "remote_id", "detail", "console_url")} == {
+        k: after[k] for k in ("state", "remote_id", "detail", "console_url")
+    }
+
+
+def test_a_vertex_group_says_completed_once_when_its_jobs_end(simulated, project):
+    """Triggers on prefect.flow-run.Completed must not fire when the jobs are only submitted."""
+    emulator, cli = simulated
+    emulator.hold(True)
+    xgroup = f"ve-{uuid.uuid4().hex[:8]}"
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup, "trainer.train")
+    assert done.returncode == 0, done.stderr
+    row = status(cli, xgroup)[0]
+    events = lambda: run_events(cli, row["flow_run_id"])  # noqa: E731
+    wait_for(lambda: "prefect.flow-run.Submitted" in events())
+    assert "prefect.flow-run.Completed" not in events()
+    emulator.finish(row["remote_id"], "JOB_STATE_SUCCEEDED")
+    assert status(cli, xgroup)[0]["state"] == "SUCCEEDED"
+    wait_for(lambda: "prefect.flow-run.Completed" in events())
+    assert events().count("prefect.flow-run.Completed") == 1
+
 
 def test_cancelling_the_flow_run_in_prefect_cancels_the_remote_jobs(simulated, project):
     emulator, cli = simulated
@@ -287,3 +318,35 @@ def test_defaults_from_a_prefect_vertex_settings_block(simulated, project):
                   "trainer.train")  # fmt: skip
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "no-such" in missing.stderr
+
+
+def test_a_pool_caps_running_jobs_across_groups_and_stop_frees_its_slots(simulated, project):
+    emulator, cli = simulated
+    emulator.hold(True)
+    pool = f"p{uuid.uuid4().hex[:6]}"
+    first, second = f"vp-{uuid.uuid4().hex[:6]}", f"vq-{uuid.uuid4().hex[:6]}"
+    sweep(project, 2)
+    for xgroup, config in ((first, ["--experiment_config", "exp.json"]), (second, [])):
+        done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup, "--pool", pool,
+                   "--max_running", "1", *config, "trainer.train")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    assert len(emulator.jobs()) == 1  # one slot in the pool: the first group's first job
+    assert [r["state"] for r in status(cli, second)] == ["QUEUED"]
+    [started, queued] = [r["state"] for r in status(cli, first)]
+    assert started in ("SUBMITTED", "RUNNING") and queued == "QUEUED"
+
+    stop = cli("stop", "--xgroup", first, "--yes")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    # The stopped job's slot goes to the next in line: the second group's job, not the
+    # first group's queued one.
+    row = wait_for(lambda: (r := status(cli, second)[0])["state"] == "RUNNING" and r)
+    assert len(emulator.jobs()) == 2
+    assert {r["state"] for r in status(cli, first)} == {"STOPPED"}
+    limit = httpx.get(f"{api_url(cli)}/v2/concurrency_limits/caliban-vertex-pool-{pool}",
+                      timeout=10).json()  # fmt: skip
+    assert (limit["limit"], limit["active_slots"]) == (1, 1)
+    emulator.finish(row["remote_id"], "JOB_STATE_SUCCEEDED")
+    assert status(cli, second)[0]["state"] == "SUCCEEDED"
+    limit = httpx.get(f"{api_url(cli)}/v2/concurrency_limits/caliban-vertex-pool-{pool}",
+                      timeout=10).json()  # fmt: skip
+    assert limit["active_slots"] == 0

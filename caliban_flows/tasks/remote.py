@@ -1,0 +1,107 @@
+"""Prefect tasks for remote platforms (Vertex AI, Kubernetes): submit a group's jobs at once,
+fill --max_running slots, and (optionally) follow the jobs to their end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.tasks.credentials import platforms
+from caliban_flows.tasks.progress import CountProgress
+
+POLL_ENVS = ("CALIBAN_POLL_SECONDS", "CALIBAN_VERTEX_POLL_SECONDS")
+DEFAULT_POLL_SECONDS = 10.0  # one list call per round; remote jobs take minutes
+PLACES = {"vertex": "Vertex AI", "kubernetes": "Kubernetes"}
+
+
+@task(name="submit-jobs", cache_policy=NO_CACHE)
+def submit_jobs(requests: list[JobRequest], platform: str, record: dict) -> list[RemoteJob]:
+    """Every job the group lacks, concurrently and paced; each job's console URL is logged."""
+    logger = get_run_logger()
+    remote = platforms().for_record(platform, record)
+    with CountProgress(len(requests), f"submitting to {PLACES[platform]}") as progress:
+
+        def on_job(job: RemoteJob, new: bool) -> None:
+            progress.advance()
+            where = job.console_url or job.remote_id
+            logger.info("%s %s: %s", "submitted" if new else "already there", job.key, where)
+
+        max_qps = platforms().max_qps(platform, record)
+        return asyncio.run(remote.submit_all(requests, max_qps=max_qps, on_job=on_job))
+
+
+def poll_seconds() -> float:
+    for name in POLL_ENVS:
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            return float(raw)
+    return DEFAULT_POLL_SECONDS
+
+
+@task(name="fill-slots", cache_policy=NO_CACHE)
+def fill_slots(limit: str) -> list[RemoteJob]:
+    """Submit queued jobs of the limit's pool (this group's among them) into its free slots."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.limits import fill
+
+    logger = get_run_logger()
+    with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=30) as http:
+        submitted = fill(http, platforms(), limit)
+    for job in submitted:
+        logger.info("submitted %s: %s", job.key, job.console_url or job.remote_id)
+    return submitted
+
+
+@task(name="monitor-jobs", cache_policy=NO_CACHE)
+def monitor_jobs(
+    xgroup: str,
+    platform: str,
+    record: dict,
+    jobs: list[RemoteJob],
+    stop_requested,
+    expected: int | None = None,
+    refill=None,
+) -> list:
+    """Follow the jobs to their end (one list call per round), with a live summary.
+
+    `stop_requested()` is asked every round: when the group's flow run was cancelled (e.g.
+    from the Prefect UI), the remote jobs are cancelled and their final states returned.
+    With `refill` (--max_running), each round first submits queued jobs into free slots,
+    until `expected` jobs have been followed.
+    """
+    remote = platforms().for_record(platform, record)
+    wanted = {j.remote_id for j in jobs}
+    said = ""
+    cancelled = False
+    while True:
+        waiting = refill is not None and not cancelled and len(wanted) < (expected or 0)
+        if waiting:
+            wanted |= {j.remote_id for j in refill()}
+        now = [j for j in remote.poll(xgroup) if j.remote_id in wanted]
+        summary = _summary(now)
+        if summary != said:
+            print(f"xgroup {xgroup}: {summary}", file=sys.stderr, flush=True)
+            said = summary
+        running = [j.remote_id for j in now if not j.state.terminal]
+        waiting = refill is not None and not cancelled and len(wanted) < (expected or 0)
+        if not running and not waiting:
+            return now
+        if not cancelled and stop_requested():
+            remote.cancel(running)
+            cancelled = True
+        time.sleep(poll_seconds())
+
+
+def _summary(jobs: list[RemoteJob]) -> str:
+    counts = {s: 0 for s in JobState}
+    for job in jobs:
+        counts[job.state] += 1
+    return ", ".join(f"{n} {s.value.lower()}" for s, n in counts.items() if n)
