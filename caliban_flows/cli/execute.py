@@ -152,13 +152,15 @@ def run_group(
     vertex: dict | None = None,
     wait: bool = False,
     limit: dict | None = None,
+    cluster: dict | None = None,
 ) -> int:
     """Run one submission of a group as a flow run; 0 when every job succeeded.
 
     On Vertex without `wait`, 0 once every job is submitted; the run is then left RUNNING
     (state name "Submitted") for `caliban status` to settle when the jobs end.
     """
-    clients = ("google.cloud.aiplatform_v1",) if platform == "vertex" else ()
+    clients = {"vertex": ("google.cloud.aiplatform_v1",), "kubernetes": ("kubernetes.client",)}
+    clients = clients.get(platform, ())
     prefect_ready("prefect", "caliban_flows.flows.experiment_group", *clients)
     from prefect import tags
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -193,10 +195,11 @@ def run_group(
                 vertex=vertex,
                 wait=wait,
                 limit=limit,
+                cluster=cluster,
                 return_state=True,
             )
     except KeyboardInterrupt:
-        if platform == "vertex":  # what was submitted runs on; submitting again adds the rest
+        if platform != "local":  # what was submitted runs on; submitting again adds the rest
             print(f"\ninterrupted: run the same command again to submit the rest of xgroup "
                   f"{xgroup!r}, or stop it with: caliban stop --xgroup {xgroup}",
                   file=sys.stderr)  # fmt: skip
@@ -205,7 +208,7 @@ def run_group(
             mark_stopped(LAST_RUN["id"])
         print(f"\nstopped: the running jobs of xgroup {xgroup!r} were stopped", file=sys.stderr)
         return 130
-    if platform == "vertex" and not wait and state.is_completed():
+    if platform != "local" and not wait and state.is_completed():
         mark_submitted(LAST_RUN["id"], state.message)
     print(f"xgroup {xgroup!r}: {_one_line(state.message or state.name)}", file=sys.stderr)
     return 0 if state.is_completed() else 1
@@ -338,4 +341,77 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
             f"?project={placement.project}",
             file=sys.stderr,
         )
+    return code
+
+
+def cluster_image(
+    dockerfile: str,
+    *,
+    gke: dict | None,
+    image_tag: str | None = None,
+    no_cache: bool = False,
+    registry: str | None = None,
+    registry_block: str | None = None,
+) -> str:
+    """The image the cluster will pull: --image_tag as given, else built here and pushed to
+    the registry named (or, on GKE, the project's Artifact Registry in the cluster's region)."""
+    from caliban_flows.cli.registry import HINT, PushTarget, push_target
+
+    if image_tag is not None:
+        return image_tag
+    target = push_target(registry, registry_block)
+    if target is None and gke is not None:
+        from caliban_flows.spec.gke import region_of
+
+        region = region_of(gke["location"])
+        target = PushTarget(f"{region}-docker.pkg.dev/{gke['project']}/caliban")
+    if target is None:
+        raise SpecError(f"no registry the cluster can pull from: {HINT}")
+    built = build_here(dockerfile, no_cache=no_cache)
+    return push_here(built.tag, target)
+
+
+def run_cluster(
+    plan: sub.Plan,
+    platform,
+    *,
+    image_tag,
+    no_cache,
+    registry,
+    registry_block,
+    max_qps,
+    wait,
+    cluster_block: str | None = None,
+    attempts: dict[str, int] | None = None,
+    limit: dict | None = None,
+) -> int:
+    """Submit the plan's jobs to Kubernetes as one flow run of the group."""
+    check_external_api()
+    start_backend_early()
+    image = cluster_image(
+        plan.dockerfile,
+        gke=platform.gke,
+        image_tag=image_tag,
+        no_cache=no_cache,
+        registry=registry,
+        registry_block=registry_block,
+    )
+    jobs = job_records(plan.xgroup, plan.jobs, attempts)
+    cluster = {**platform.record(), "cluster_block": cluster_block, "max_qps": max_qps}
+    build = None
+    if image_tag is None:
+        build = {**recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
+    code = run_group(
+        xgroup=plan.xgroup,
+        jobs=jobs,
+        command=plan.entrypoint.command(),
+        image=image,
+        build=build,
+        platform="kubernetes",
+        wait=wait,
+        limit=limit,
+        cluster=cluster,
+    )
+    if code == 0 and not wait:
+        print(f"follow them with: caliban status --xgroup {plan.xgroup}", file=sys.stderr)
     return code

@@ -207,10 +207,10 @@ def resubmit(
     if not _ask(wanted, "resubmit", "failed or stopped", xgroup, dry_run=dry_run, yes=yes):
         return
     last = runs[-1]
-    if last.platform == "vertex":
-        raise typer.Exit(_resubmit_vertex(runs, wanted))
-    if last.platform != "local" or not last.build:
-        raise CalibanError(f"resubmitting {last.platform} groups is not built yet (issue #6)")
+    if last.platform != "local":
+        raise typer.Exit(_resubmit_remote(runs, wanted))
+    if not last.build:
+        raise CalibanError(f"xgroup {xgroup!r} was run from an --image_id; run it again instead")
     raise typer.Exit(_resubmit_local(runs, wanted))
 
 
@@ -256,19 +256,26 @@ def _rebuild_recipe(recipe: dict) -> str:
     )
 
 
-def _resubmit_vertex(runs, wanted: list[dict]) -> int:
+def _resubmit_remote(runs, wanted: list[dict]) -> int:
     """Attempt N+1 of each chosen job, from the current code (or the same --image_tag)."""
-    from caliban_flows.cli.execute import check_external_api, cloud_image, run_group
+    from caliban_flows.cli.execute import check_external_api, cloud_image, cluster_image, run_group
+    from caliban_flows.platforms.kubernetes import gke_of
 
     check_external_api()
     last = runs[-1]
     originals = {job["key"]: job for run in runs for job in run.jobs}  # newest wins
     image = last.image
-    if last.build:
+    if last.build and last.platform == "vertex":
         image = cloud_image(
             _rebuild_recipe(last.build),
             project=last.vertex["project"],
             region=last.vertex["region"],
+            registry=last.build.get("registry"),
+        )
+    elif last.build:
+        image = cluster_image(
+            _rebuild_recipe(last.build),
+            gke=gke_of(last.cluster.get("context")),
             registry=last.build.get("registry"),
         )
     jobs = [{**originals[r["key"]], "attempt": r["attempt"] + 1} for r in wanted]
@@ -278,8 +285,9 @@ def _resubmit_vertex(runs, wanted: list[dict]) -> int:
         command=last.command,
         image=image,
         build=last.build,
-        platform="vertex",
+        platform=last.platform,
         vertex=last.vertex,
+        cluster=last.cluster,
         limit=last.limit,
     )
 

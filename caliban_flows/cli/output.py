@@ -1,17 +1,9 @@
-"""Printing plans and refusing what later work will build."""
+"""Printing plans: the dry-run lines every command shares."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-
-from caliban_flows.spec.errors import SpecError
-
-
-def not_built(what: str, issue: int) -> SpecError:
-    """Commands whose execution is not written yet say so and exit 2; they never pretend."""
-    return SpecError(f"{what} is not built yet (issue #{issue})")
-
 
 NOTHING_DONE = "Nothing was built or submitted. Run again without --dry_run to submit."
 

@@ -27,7 +27,7 @@ from prefect.states import Cancelled, Completed, Failed
 
 SWEEP_FLOW = "caliban-sweep"
 REPORT_FLOW = "caliban-report-failures"
-PLATFORMS = ("local", "vertex")
+PLATFORMS = ("local", "vertex", "kubernetes")
 # What `platform_options` may hold, per platform (a typo in a YAML file fails the run).
 OPTIONS = {
     "local": {"parallel", "nogpu", "docker_run_args", "extras", "dirs", "no_cache",
@@ -37,6 +37,10 @@ OPTIONS = {
         "accelerator_type", "accelerator_count", "max_qps", "service_account", "network",
         "spot", "timeout", "restart_on_worker_restart", "force", "vertex_block",
         "max_running", "pool",
+    },
+    "kubernetes": {
+        "context", "namespace", "kubeconfig", "cluster_block", "nogpu", "gpu_spec", "tpu_spec",
+        "min_cpu", "min_mem", "nonpreemptible", "backoff_limit", "max_qps", "max_running", "pool",
     },
 }  # fmt: skip
 FAILED_STATES = ("FAILED", "UNKNOWN")
@@ -65,8 +69,9 @@ def sweep(
     platform_options: local: parallel, nogpu, docker_run_args, extras, dirs, no_cache;
         vertex: project, region, machine_type, nogpu, gpu_spec / tpu_spec (as the CLI) or
         accelerator_type + accelerator_count, max_qps, service_account, network, spot, timeout,
-        restart_on_worker_restart, force, vertex_block; both: max_running and pool (as the
-        CLI's --max_running and --pool).
+        restart_on_worker_restart, force, vertex_block; kubernetes: context, namespace,
+        kubeconfig, cluster_block, nogpu, gpu_spec, tpu_spec, min_cpu, min_mem, nonpreemptible,
+        backoff_limit, max_qps; all: max_running and pool (the CLI's --max_running, --pool).
     """
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -89,14 +94,16 @@ def sweep(
         )
     if image is None and build_context is None:
         raise ValueError("give `image` (a prebuilt image) or `build_context` (a folder to build)")
-    if platform == "vertex" and image is None:
-        raise ValueError("a vertex sweep needs `image`: an image pushed where Vertex AI pulls")
+    if platform != "local" and image is None:
+        raise ValueError(f"a {platform} sweep needs `image`: an image pushed where it pulls from")
     planned = dict(
         xgroup=group, module=module, config=experiment_config, args=list(script_args or []),
         name=name, labels=dict(labels or {}),
     )  # fmt: skip
     if platform == "local":
         submission = _local(image=image, build_context=build_context, options=options, **planned)
+    elif platform == "kubernetes":
+        submission = _kubernetes(image=image, options=options, **planned)
     else:
         submission = _vertex(image=image, options=options, **planned)
     logger = get_run_logger()
@@ -116,7 +123,7 @@ def sweep(
     with tags(*group_tags(group, platform, limit)):  # what `caliban status` finds the group by
         state = group_flow(**submission, limit=limit, return_state=True)
     message = f"xgroup {group}: {state.message or state.name}"
-    if platform == "vertex" and state.is_completed():
+    if platform != "local" and state.is_completed():
         # As `caliban cloud` does: the group's run stays RUNNING while Vertex runs the jobs;
         # `caliban status` settles it when they end.
         run_id = state.state_details.flow_run_id or LAST_RUN.get("id")
@@ -329,6 +336,53 @@ def _vertex(*, xgroup: str, module: str, config, args: list[str], name: str | No
         "image": image,
         "build": None,
         "vertex": vertex,
+        "wait": False,
+    }
+
+
+def _kubernetes(*, xgroup: str, module: str, config, args: list[str], name: str | None,
+                labels: dict, image: str, options: dict) -> dict:  # fmt: skip
+    """The group flow's parameters for Kubernetes, as `caliban cluster job submit
+    --image_tag` makes them."""
+    from caliban_flows.cli import submission as sub
+    from caliban_flows.platforms.kubernetes import Kubernetes
+    from caliban_flows.spec import k8s_job as kj
+    from caliban_flows.spec.jobspec import job_records
+    from caliban_flows.tasks.credentials import kube_config
+
+    block = options.get("cluster_block")
+    defaults = {}
+    if block:
+        from caliban_flows.blocks.kubernetes import settings_from_block
+
+        defaults = settings_from_block(block)
+    gpu, tpu = sub.accelerators(bool(options.get("nogpu", False)), options.get("gpu_spec"),
+                                options.get("tpu_spec"), validate_count=False)  # fmt: skip
+    platform = Kubernetes(
+        context=options.get("context") or defaults.get("context"),
+        namespace=options.get("namespace") or defaults.get("namespace"),
+        config_file=options.get("kubeconfig"),
+        config_dict=kube_config({"cluster_block": block}),
+    )
+    backoff = options.get("backoff_limit", defaults.get("backoff_limit"))
+    platform.resources = kj.resources(
+        min_cpu=options.get("min_cpu"), min_mem=options.get("min_mem"), gpu=gpu, tpu=tpu,
+        nonpreemptible=bool(options.get("nonpreemptible", False)), gke=platform.gke is not None,
+        backoff_limit=kj.DEFAULT_BACKOFF_LIMIT if backoff is None else int(backoff),
+    )  # fmt: skip
+    entrypoint = _entrypoint(module, None)
+    specs = _specs(xgroup=xgroup, config=config, args=args, name=name, labels=labels,
+                   image=image, gpu=bool(gpu), tpu=bool(tpu))  # fmt: skip
+    cluster = {**platform.record(), "cluster_block": block,
+               "max_qps": options.get("max_qps") or defaults.get("max_qps")}  # fmt: skip
+    return {
+        "xgroup": xgroup,
+        "platform": "kubernetes",
+        "jobs": job_records(xgroup, specs),
+        "command": entrypoint.command(),
+        "image": image,
+        "build": None,
+        "cluster": cluster,
         "wait": False,
     }
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.k8s_emulator import K8sEmulator
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, wait_for
 
@@ -322,6 +323,32 @@ def test_a_deployment_run_submits_to_vertex(stack, emulator):
     group = group_run(stack, rows)
     assert {"caliban", f"xgroup:{xgroup}", "platform:vertex"} <= set(group["tags"])
     assert group["state"]["type"] == "COMPLETED"  # settled by status once the jobs ended
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory):
+    with K8sEmulator(run_containers=False, sim_step=0.05, seed=11) as emu:
+        yield emu, emu.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config")
+
+
+def test_a_deployment_run_submits_to_kubernetes(stack, kube):
+    emulator, kubeconfig = kube
+    xgroup = f"dk-{uuid.uuid4().hex[:8]}"
+    options = {"nogpu": True, "kubeconfig": str(kubeconfig), "namespace": "sweeps"}
+    run_id = stack.run("sweep", xgroup=xgroup, platform="kubernetes", image=IMAGE,
+                       experiment_config={"i": [1, 2]}, platform_options=options)  # fmt: skip
+    run = stack.ended(run_id)
+    assert run["state"]["type"] == "COMPLETED", (run["state"], stack.worker_log())
+    assert "2 jobs submitted to Kubernetes" in run["state"]["message"]
+    assert {j["metadata"]["namespace"] for j in emulator.jobs()} == {"sweeps"}
+
+    rows = wait_for(lambda: (r := stack.status(xgroup)) and all(
+        x["state"] == "SUCCEEDED" for x in r) and r)  # fmt: skip
+    assert sorted(r["args"] for r in rows) == [["--i", "1"], ["--i", "2"]]
+    assert all(r["platform"] == "kubernetes" and r["remote_id"].startswith("sweeps/") for r in rows)
+    group = group_run(stack, rows)
+    assert {"caliban", f"xgroup:{xgroup}", "platform:kubernetes"} <= set(group["tags"])
+    assert group["state"]["type"] == "COMPLETED"
 
 
 def test_a_cron_schedule_starts_runs(stack):

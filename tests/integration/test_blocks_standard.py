@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
-from caliban_flows.blocks import VertexSettings
+from caliban_flows.blocks import ClusterSettings, VertexSettings
 from tests.conftest import BIN
 
 
@@ -22,6 +22,15 @@ class TestVertexSettings(BlockStandardTestSuite):
         # Prefect's version downloads the logo; nothing can be downloaded here, and we ship
         # no logo, so the UI shows its default one.
         assert block._logo_url is None
+
+
+class TestClusterSettings(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self):
+        return ClusterSettings
+
+    def test_has_a_valid_image(self, block) -> None:
+        assert block._logo_url is None  # as above: no download, no logo of ours
 
 
 def test_prefect_block_register_finds_our_blocks(tmp_path):
@@ -38,7 +47,7 @@ def test_prefect_block_register_finds_our_blocks(tmp_path):
         )  # fmt: skip
         assert registered.returncode == 0, registered.stdout + registered.stderr
         types = httpx.post(f"{url}/block_types/filter", json={}, timeout=10).json()
-        assert "caliban-vertex-settings" in {t["slug"] for t in types}
+        assert {"caliban-vertex-settings", "caliban-cluster-settings"} <= {t["slug"] for t in types}
     finally:
         subprocess.run([str(BIN / "python"), "-m", "caliban_flows.backend", "stop"], env=env,
                        timeout=60)  # fmt: skip

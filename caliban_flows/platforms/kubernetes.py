@@ -1,0 +1,446 @@
+"""Jobs as Kubernetes batch/v1 Jobs, through the official `kubernetes` client.
+
+Any cluster in the user's kubeconfig (or in a prefect-kubernetes KubernetesClusterConfig
+block's copy of one): its context and namespace come from the flags, else the kubeconfig.
+
+Submission is concurrent (threads under asyncio, paced by a token bucket) and idempotent: a
+Job's name is derived from its key and attempt, so a create that is retried after a lost
+answer is refused with 409 AlreadyExists and the existing Job is read instead. Lists go by
+label selector, paged, and are parsed as plain JSON: the client's model deserializer costs
+about a millisecond per Job, which 1,000 Jobs would turn into a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+
+from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.spec import k8s_job as kj
+
+DEFAULT_MAX_QPS = 50.0  # the API server's default client QPS in kubectl is 50 (burst 100)
+MAX_IN_FLIGHT = 16
+PAGE_SIZE = 500
+CALL_TIMEOUT = 30.0
+RETRY_DEADLINE = 60.0
+TRANSIENT_STATUS = (429, 500, 502, 503, 504)
+_GKE_CONTEXT = re.compile(r"gke_(?P<project>[^_]+)_(?P<location>[^_]+)_(?P<cluster>.+)")
+
+
+class SubmitError(RuntimeError):
+    """Some jobs could not be submitted; the others were. Submitting again adds only those."""
+
+    def __init__(self, done: list[RemoteJob], failed: list[tuple[JobRequest, BaseException]]):
+        self.done = done
+        self.failed = failed
+        request, error = failed[0]
+        super().__init__(
+            f"{len(failed)} of {len(done) + len(failed)} jobs were not submitted "
+            f"(first: {request.name}: {describe(error)}); submit again to add only the missing ones"
+        )
+
+
+def describe(error: BaseException) -> str:
+    """One line: the Kubernetes Status message when there is one."""
+    body = getattr(error, "body", None)
+    if body:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            status = json.loads(body)
+            return f"{status.get('code', getattr(error, 'status', ''))} {status['message']}"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def transient(error: BaseException) -> bool:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(error, ApiException):
+        return error.status in TRANSIENT_STATUS or error.status == 0
+    return isinstance(error, Urllib3Error | ConnectionError | TimeoutError)
+
+
+def gke_of(context: str | None) -> dict | None:
+    """GKE's context names are gke_PROJECT_LOCATION_CLUSTER (what `gcloud container clusters
+    get-credentials` writes)."""
+    found = _GKE_CONTEXT.fullmatch(context or "")
+    return found.groupdict() if found else None
+
+
+def console_url(gke: dict | None, namespace: str, name: str) -> str | None:
+    if not gke:
+        return None
+    return (
+        f"https://console.cloud.google.com/kubernetes/job/{gke['location']}/{gke['cluster']}/"
+        f"{namespace}/{name}?project={gke['project']}"
+    )
+
+
+def job_state(job: dict) -> tuple[JobState, str | None]:
+    """Our state and the platform's word on a failure, from a Job's JSON."""
+    meta, status = job.get("metadata") or {}, job.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            return JobState.SUCCEEDED, None
+        if condition.get("type") == "Failed":
+            why = ": ".join(filter(None, (condition.get("reason"), condition.get("message"))))
+            return JobState.FAILED, why or "failed"
+    if meta.get("deletionTimestamp"):
+        return JobState.STOPPED, "deleted"
+    if status.get("active"):
+        return JobState.RUNNING, None
+    return JobState.SUBMITTED, None
+
+
+class Kubernetes:
+    """A namespace of a Kubernetes cluster as a platform."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        *,
+        context: str | None = None,
+        namespace: str | None = None,
+        config_file: str | None = None,
+        config_dict: dict | None = None,
+        resources: kj.Resources | None = None,
+    ) -> None:
+        self.config_file = config_file
+        self.config_dict = config_dict
+        self.resources = resources
+        self.context, default_namespace = self._context_and_namespace(context)
+        self.namespace = namespace or default_namespace or "default"
+        self.gke = gke_of(self.context)
+        self._api = None
+
+    @classmethod
+    def from_record(cls, record: dict, config_dict: dict | None = None) -> Kubernetes:
+        """From a group's recorded `cluster` settings (a flow run parameter)."""
+        resources = kj.Resources(**record["resources"]) if record.get("resources") else None
+        return cls(
+            context=record.get("context"),
+            namespace=record.get("namespace"),
+            config_file=record.get("config_file"),
+            config_dict=config_dict,
+            resources=resources,
+        )
+
+    def record(self) -> dict:
+        """What a group records to find this place again (no credentials in it)."""
+        from dataclasses import asdict
+
+        return {
+            "context": self.context,
+            "namespace": self.namespace,
+            "config_file": self.config_file,
+            "resources": asdict(self.resources) if self.resources else None,
+        }
+
+    def _context_and_namespace(self, context: str | None) -> tuple[str | None, str | None]:
+        from kubernetes import config
+
+        try:
+            if self.config_dict is not None:
+                loader = config.kube_config.KubeConfigLoader(
+                    config_dict=self.config_dict, active_context=context
+                )
+                contexts, active = loader.list_contexts(), loader.current_context
+            else:
+                contexts, active = config.list_kube_config_contexts(self.config_file)
+        except config.ConfigException as e:
+            raise RuntimeError(f"no usable kubeconfig: {e}") from None
+        chosen = active
+        if context is not None:
+            chosen = next((c for c in contexts if c["name"] == context), None)
+            if chosen is None:
+                names = ", ".join(c["name"] for c in contexts) or "none"
+                raise RuntimeError(f"kubeconfig has no context {context!r} (it has: {names})")
+        return chosen["name"], (chosen.get("context") or {}).get("namespace")
+
+    def api(self):
+        if self._api is None:
+            from kubernetes import config
+
+            if self.config_dict is not None:
+                client = config.new_client_from_config_dict(self.config_dict, context=self.context)
+            else:
+                client = config.new_client_from_config(self.config_file, context=self.context)
+            client.configuration.connection_pool_maxsize = MAX_IN_FLIGHT
+            client.rest_client.pool_manager.connection_pool_kw["maxsize"] = MAX_IN_FLIGHT
+            self._api = client
+        return self._api
+
+    def batch(self):
+        from kubernetes import client
+
+        return client.BatchV1Api(self.api())
+
+    def core(self):
+        from kubernetes import client
+
+        return client.CoreV1Api(self.api())
+
+    # -- the platform protocol -------------------------------------------------------------
+
+    def poll(self, xgroup: str) -> list[RemoteJob]:
+        """Every Job of the group: one paged list call (and one pod list if some failed)."""
+        jobs = self._list_jobs(f"{kj.XGROUP_ID_LABEL}={kj.xgroup_id(xgroup)}")
+        codes = self._exit_codes(xgroup) if any(_failed(j) for j in jobs) else {}
+        return [self._remote(job, codes) for job in jobs]
+
+    def cancel(self, remote_ids: Sequence[str]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        for remote_id in remote_ids:
+            namespace, name = remote_id.split("/", 1)
+            delete = partial(
+                self.batch().delete_namespaced_job,
+                name,
+                namespace,
+                propagation_policy="Background",  # the pods, so the containers, go too
+                _request_timeout=CALL_TIMEOUT,
+                _preload_content=False,
+            )
+            try:
+                self._retry(delete)
+            except ApiException as e:
+                if e.status != 404:  # already gone: nothing to stop
+                    raise
+
+    def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
+        namespace, name = remote_id.split("/", 1)
+        pods = self._pods(namespace, f"job-name={name}")
+        if not pods:
+            yield f"no pod of job {name} in namespace {namespace} (not scheduled yet?)\n".encode()
+            return
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        pod = pods[-1]["metadata"]["name"]
+        response = self.core().read_namespaced_pod_log(
+            pod, namespace, follow=follow, _preload_content=False
+        )
+        try:
+            yield from response.stream(4096)
+        finally:
+            response.release_conn()
+
+    def submit(self, request: JobRequest) -> RemoteJob:
+        return asyncio.run(self.submit_all([request]))[0]
+
+    # -- manifests ---------------------------------------------------------------------------
+
+    def manifest(self, request: JobRequest) -> dict:
+        if self.resources is None:
+            raise ValueError("submitting needs resources (cpu, memory, accelerators ...)")
+        return manifest_for(request, self.resources, self.namespace)
+
+    def create_manifest(self, manifest: dict, *, dry_run: bool = False) -> dict:
+        """A user's own Job, as given (`submit_file`); with `dry_run` the API server only
+        validates it (dryRun=All)."""
+        namespace = (manifest.get("metadata") or {}).get("namespace") or self.namespace
+        extra = {"dry_run": "All"} if dry_run else {}
+        create = partial(
+            self.batch().create_namespaced_job,
+            namespace,
+            manifest,
+            _preload_content=False,
+            _request_timeout=CALL_TIMEOUT,
+            **extra,
+        )
+        # A fixed name makes a retried create safe (409); generateName would make a second Job.
+        named = bool((manifest.get("metadata") or {}).get("name"))
+        return self._json(self._retry(create) if named else create())
+
+    # -- batched submission ----------------------------------------------------------------
+
+    async def submit_all(
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        max_qps: float = DEFAULT_MAX_QPS,
+        on_job: Callable[[RemoteJob, bool], None] = lambda job, new: None,
+    ) -> list[RemoteJob]:
+        """Create what the group lacks; every request's remote job, in order."""
+        from aiolimiter import AsyncLimiter
+
+        period = max(0.04, 1.0 / max_qps)
+        limiter = AsyncLimiter(max_qps * period, period)
+        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        existing: dict[tuple[str, int], RemoteJob] = {}
+        for xgroup in {r.xgroup for r in requests}:
+            async with limiter:
+                for job in await asyncio.to_thread(self.poll, xgroup):
+                    existing.setdefault((job.key, job.attempt), job)
+
+        async def one(request: JobRequest) -> RemoteJob:
+            found = existing.get((request.key, request.attempt))
+            if found is None:
+                async with gate:
+                    found = await self._create(limiter, request)
+                on_job(found, True)
+            else:
+                on_job(found, False)
+            return found
+
+        results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        failed = [(r, e) for r, e in zip(requests, results) if isinstance(e, BaseException)]
+        if failed:
+            raise SubmitError([j for j in results if isinstance(j, RemoteJob)], failed)
+        return list(results)
+
+    async def _create(self, limiter, request: JobRequest) -> RemoteJob:
+        from kubernetes.client.exceptions import ApiException
+        from tenacity import (
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_delay,
+            wait_random_exponential,
+        )
+
+        body = self.manifest(request)
+        name = body["metadata"]["name"]
+
+        def create() -> dict:
+            try:
+                made = self.batch().create_namespaced_job(
+                    self.namespace, body, _preload_content=False, _request_timeout=CALL_TIMEOUT
+                )
+                return self._json(made)
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            # Ours already: made by a create whose answer was lost, or by an earlier run.
+            there = self._json(
+                self.batch().read_namespaced_job(
+                    name, self.namespace, _preload_content=False, _request_timeout=CALL_TIMEOUT
+                )
+            )
+            labels = (there.get("metadata") or {}).get("labels") or {}
+            mine = (labels.get(kj.JOB_KEY_LABEL), labels.get(kj.ATTEMPT_LABEL))
+            if mine != (request.key, str(request.attempt)):
+                raise RuntimeError(
+                    f"a Job named {name} that caliban did not make for this job already exists in "
+                    f"namespace {self.namespace}"
+                )
+            return there
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(transient),
+            wait=wait_random_exponential(multiplier=0.2, max=5.0),
+            stop=stop_after_delay(RETRY_DEADLINE),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                async with limiter:
+                    job = await asyncio.to_thread(create)
+        return self._remote(job, {})
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _list_jobs(self, selector: str) -> list[dict]:
+        out: list[dict] = []
+        token = None
+        while True:
+            listing = partial(
+                self.batch().list_namespaced_job,
+                self.namespace,
+                label_selector=selector,
+                limit=PAGE_SIZE,
+                _continue=token,
+                _preload_content=False,
+                _request_timeout=CALL_TIMEOUT,
+            )
+            page = self._json(self._retry(listing))
+            out.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return out
+
+    def _exit_codes(self, xgroup: str) -> dict[tuple[str, int], int]:
+        """The newest pod's exit code of each job of the group."""
+        pods = self._pods(self.namespace, f"{kj.XGROUP_ID_LABEL}={kj.xgroup_id(xgroup)}")
+        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        codes: dict[tuple[str, int], int] = {}
+        for pod in pods:
+            labels = pod["metadata"].get("labels") or {}
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                ended = (status.get("state") or {}).get("terminated")
+                if ended is not None and kj.JOB_KEY_LABEL in labels:
+                    key = (labels[kj.JOB_KEY_LABEL], int(labels.get(kj.ATTEMPT_LABEL, 0)))
+                    codes[key] = ended.get("exitCode")
+        return codes
+
+    def _pods(self, namespace: str, selector: str) -> list[dict]:
+        listing = partial(
+            self.core().list_namespaced_pod,
+            namespace,
+            label_selector=selector,
+            _preload_content=False,
+            _request_timeout=CALL_TIMEOUT,
+        )
+        return self._json(self._retry(listing)).get("items") or []
+
+    def _remote(self, job: dict, codes: dict[tuple[str, int], int]) -> RemoteJob:
+        meta = job.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        key = labels.get(kj.JOB_KEY_LABEL, "")
+        attempt = int(labels.get(kj.ATTEMPT_LABEL, "0") or 0)
+        state, detail = job_state(job)
+        exit_code = 0 if state is JobState.SUCCEEDED else codes.get((key, attempt))
+        if state is JobState.FAILED and exit_code is not None:
+            detail = f"exit code {exit_code}; {detail}"
+        namespace = meta.get("namespace") or self.namespace
+        return RemoteJob(
+            key=key,
+            attempt=attempt,
+            remote_id=f"{namespace}/{meta.get('name')}",
+            state=state,
+            exit_code=exit_code,
+            console_url=console_url(self.gke, namespace, meta.get("name", "")),
+            detail=detail,
+        )
+
+    @staticmethod
+    def _json(response) -> dict:
+        try:
+            return json.loads(response.data)
+        finally:
+            response.release_conn()
+
+    @staticmethod
+    def _retry(call):
+        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+
+        retrying = Retrying(
+            retry=retry_if_exception(transient),
+            wait=wait_random_exponential(multiplier=0.2, max=5.0),
+            stop=stop_after_delay(RETRY_DEADLINE),
+            reraise=True,
+        )
+        return retrying(call)
+
+
+def manifest_for(request: JobRequest, resources: kj.Resources, namespace: str) -> dict:
+    """The Job one request becomes (also what --dry_run prints)."""
+    labels = kj.job_labels(
+        request.labels, xgroup=request.xgroup, key=request.key, attempt=request.attempt
+    )
+    return kj.job_manifest(
+        name=kj.job_name(request.name, request.key, request.attempt),
+        image=request.image,
+        args=request.args,
+        labels=labels,
+        resources=resources,
+        namespace=namespace,
+    )
+
+
+def _failed(job: dict) -> bool:
+    return job_state(job)[0] is JobState.FAILED

@@ -1,0 +1,226 @@
+"""A Kubernetes batch/v1 Job per experiment, as the plain mapping the API takes (camelCase).
+
+Pure: `--dry_run` prints these without loading the Kubernetes client, and the platform adapter
+sends them as they are. On GKE, accelerators and spot nodes are picked with GKE's node labels
+(and tolerations); elsewhere a GPU is only an `nvidia.com/gpu` limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from caliban_flows.spec.errors import SpecError
+from caliban_flows.spec.vertex_job import xgroup_id
+
+# Every Job (and its pods) carries these: one list call by xgroup finds a group's jobs.
+XGROUP_ID_LABEL = "caliban.dev/xgroup-id"
+XGROUP_LABEL = "caliban.dev/xgroup"
+JOB_KEY_LABEL = "caliban.dev/job-key"
+ATTEMPT_LABEL = "caliban.dev/attempt"
+BOOKKEEPING = (XGROUP_ID_LABEL, XGROUP_LABEL, JOB_KEY_LABEL, ATTEMPT_LABEL)
+
+DEFAULT_CPU_ACCELERATED = 1500  # milli-CPUs, as Caliban
+DEFAULT_CPU = 31000
+DEFAULT_BACKOFF_LIMIT = 0  # Caliban's jobs ran once; a retry is a resubmit, on purpose
+GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
+GKE_SPOT = "cloud.google.com/gke-spot"
+TPU_VERSION_ANNOTATION = "tf-version.cloud-tpus.google.com"
+# Caliban's TPUs on GKE: Cloud TPU nodes named by a resource limit, driver by annotation.
+TPU_RESOURCES = {"V2": "v2", "V3": "v3"}
+
+_NAME_PART = re.compile(r"[^a-z0-9-]")
+_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
+_KEY_BAD = re.compile(r"[^a-z0-9_.-]")
+MAX_NAME = 63
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What every job of one `caliban cluster job submit` asks for."""
+
+    cpu_millis: int
+    memory_mb: int | None = None
+    gpu_count: int = 0
+    gpu_type: str | None = None  # the catalog's accelerator type, e.g. NVIDIA_TESLA_T4
+    tpu_count: int = 0
+    tpu_type: str | None = None  # the catalog's short name: V2, V3
+    tpu_driver: str = "1.14"
+    preemptible_tpu: bool = True
+    spot: bool = True  # GKE only
+    gke: bool = False
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT
+
+
+def resources(
+    *,
+    min_cpu: int | None,
+    min_mem: int | None,
+    gpu=None,
+    tpu=None,
+    nonpreemptible: bool = False,
+    nonpreemptible_tpu: bool = False,
+    tpu_driver: str = "1.14",
+    gke: bool = False,
+    backoff_limit: int = DEFAULT_BACKOFF_LIMIT,
+) -> Resources:
+    """From Caliban's flags; `gpu` / `tpu` are spec.accelerators' GpuSpec / TpuSpec."""
+    if tpu is not None and tpu.tpu not in TPU_RESOURCES:
+        raise SpecError(
+            f"--tpu_spec {tpu}: clusters take {' or '.join(TPU_RESOURCES)} TPUs, as Caliban "
+            "did; use caliban cloud for newer TPUs"
+        )
+    if backoff_limit < 0:
+        raise SpecError(f"--backoff_limit {backoff_limit} must be 0 or more")
+    accelerated = gpu is not None or tpu is not None
+    cpu = (
+        min_cpu
+        if min_cpu is not None
+        else (DEFAULT_CPU_ACCELERATED if accelerated else DEFAULT_CPU)
+    )
+    return Resources(
+        cpu_millis=cpu,
+        memory_mb=min_mem,
+        gpu_count=gpu.count if gpu else 0,
+        gpu_type=gpu.accelerator_type if gpu else None,
+        tpu_count=tpu.count if tpu else 0,
+        tpu_type=tpu.tpu if tpu else None,
+        tpu_driver=tpu_driver,
+        preemptible_tpu=not nonpreemptible_tpu,
+        spot=not nonpreemptible,
+        gke=gke,
+        backoff_limit=backoff_limit,
+    )
+
+
+def gke_accelerator(accelerator_type: str) -> str:
+    """GKE's node label value: NVIDIA_TESLA_T4 -> nvidia-tesla-t4."""
+    return accelerator_type.lower().replace("_", "-")
+
+
+def job_name(name: str, key: str, attempt: int) -> str:
+    """A DNS-1123 label, the same for the same key and attempt: a retried create of it is
+    answered 409 AlreadyExists, never a second Job."""
+    base = _NAME_PART.sub("-", name.lower().replace("_", "-")).strip("-") or "caliban"
+    digest = hashlib.sha256(f"{key}/{attempt}".encode()).hexdigest()[:10]
+    return f"{base[: MAX_NAME - 11].rstrip('-')}-{digest}"
+
+
+def label_value(text: str) -> str:
+    """Kubernetes' rule: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    cleaned = _VALUE_BAD.sub("", text)[:MAX_NAME]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
+
+
+def label_key(text: str) -> str:
+    cleaned = _KEY_BAD.sub("", text.lower())[:MAX_NAME]
+    return re.sub(r"^[^a-z0-9]+|[^a-z0-9]+$", "", cleaned)
+
+
+def job_labels(labels: Mapping[str, str], *, xgroup: str, key: str, attempt: int) -> dict[str, str]:
+    out = {label_key(k): label_value(v) for k, v in labels.items() if label_key(k)}
+    out[XGROUP_ID_LABEL] = xgroup_id(xgroup)
+    out[XGROUP_LABEL] = label_value(xgroup)
+    out[JOB_KEY_LABEL] = key
+    out[ATTEMPT_LABEL] = str(attempt)
+    return out
+
+
+def job_manifest(
+    *,
+    name: str,
+    image: str,
+    args: Sequence[str],
+    labels: Mapping[str, str],
+    resources: Resources,
+    namespace: str | None = None,
+    command: Sequence[str] | None = None,
+) -> dict:
+    """One batch/v1 Job; `name` is already a job_name()."""
+    requests: dict[str, str] = {"cpu": f"{resources.cpu_millis}m"}
+    if resources.memory_mb:
+        requests["memory"] = f"{resources.memory_mb}Mi"
+    limits: dict[str, str] = {}
+    selector: dict[str, str] = {}
+    tolerations: list[dict] = []
+    annotations: dict[str, str] = {}
+    if resources.gpu_count:
+        limits["nvidia.com/gpu"] = str(resources.gpu_count)
+        if resources.gke and resources.gpu_type:
+            selector[GKE_ACCELERATOR] = gke_accelerator(resources.gpu_type)
+    if resources.tpu_count and resources.tpu_type:
+        kind = TPU_RESOURCES[resources.tpu_type]
+        prefix = "preemptible-" if resources.preemptible_tpu else ""
+        limits[f"cloud-tpus.google.com/{prefix}{kind}"] = str(resources.tpu_count)
+        annotations[TPU_VERSION_ANNOTATION] = resources.tpu_driver
+    if resources.gke and resources.spot:
+        selector[GKE_SPOT] = "true"
+        tolerations.append(
+            {"key": GKE_SPOT, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+        )
+    if resources.gpu_count:  # GPU nodes are tainted so only GPU pods land there
+        tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
+    container: dict = {
+        "name": "caliban",
+        "image": image,
+        "args": list(args),
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": {"requests": requests, **({"limits": limits} if limits else {})},
+    }
+    if command:
+        container["command"] = list(command)
+    pod: dict = {
+        "restartPolicy": "Never",
+        "hostIPC": True,  # as Caliban's cluster jobs
+        "containers": [container],
+    }
+    if selector:
+        pod["nodeSelector"] = selector
+    if tolerations:
+        pod["tolerations"] = tolerations
+    template_meta: dict = {"labels": dict(labels)}
+    if annotations:
+        template_meta["annotations"] = annotations
+    metadata: dict = {"name": name, "labels": dict(labels)}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata,
+        "spec": {
+            "backoffLimit": resources.backoff_limit,
+            "template": {"metadata": template_meta, "spec": pod},
+        },
+    }
+
+
+def check_job_file(doc: object, source: str) -> dict:
+    """A user's own Job manifest, checked before anything is sent: one line per problem."""
+    if not isinstance(doc, dict):
+        raise SpecError(f"{source}: a Job manifest must be a mapping, not {type(doc).__name__}")
+    if doc.get("apiVersion") != "batch/v1" or doc.get("kind") != "Job":
+        raise SpecError(
+            f"{source}: apiVersion batch/v1, kind Job expected; got "
+            f"{doc.get('apiVersion')!r}, {doc.get('kind')!r}"
+        )
+    meta = doc.get("metadata") or {}
+    name = meta.get("name")
+    if not name and not meta.get("generateName"):
+        raise SpecError(f"{source}: metadata.name (or generateName) is required")
+    if name and not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise SpecError(f"{source}: metadata.name {name!r} is not a DNS-1123 label")
+    pod = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = pod.get("containers")
+    if not isinstance(containers, list) or not containers:
+        raise SpecError(f"{source}: spec.template.spec.containers must list a container")
+    for i, c in enumerate(containers):
+        if not isinstance(c, dict) or not c.get("image") or not c.get("name"):
+            raise SpecError(f"{source}: containers[{i}] needs a name and an image")
+    if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+        raise SpecError(
+            f"{source}: spec.template.spec.restartPolicy must be Never or OnFailure for a Job"
+        )
+    return doc

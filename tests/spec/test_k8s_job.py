@@ -1,0 +1,152 @@
+"""Kubernetes Job manifests: names, labels, resources, GKE's node selection, user files."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from caliban_flows.spec import k8s_job as kj
+from caliban_flows.spec.accelerators import GpuSpec, TpuSpec
+from caliban_flows.spec.errors import SpecError
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def manifest(resources: kj.Resources, **kw) -> dict:
+    labels = kj.job_labels({"lr": "0_01"}, xgroup="g", key="abc", attempt=2)
+    return kj.job_manifest(
+        name="caliban-me-1",
+        image="img:1",
+        args=["--lr", "0.01"],
+        labels=labels,
+        resources=resources,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("name", ["caliban_root", "A" * 100, "__", "x.y/z", "-lead-"])
+def test_job_names_are_dns_labels_and_deterministic(name):
+    first = kj.job_name(name, "key", 1)
+    assert DNS_LABEL.fullmatch(first) and len(first) <= 63
+    assert first == kj.job_name(name, "key", 1)
+    assert first != kj.job_name(name, "key", 2) != kj.job_name(name, "other", 1)
+
+
+def test_a_thousand_keys_get_a_thousand_names():
+    assert len({kj.job_name("caliban", f"k{i}", 1) for i in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize("text", ["0_01", "_x_", "a" * 80, "--flag", "Ünïcode", ".", "a b"])
+def test_label_values_follow_kubernetes_rules(text):
+    assert LABEL_VALUE.fullmatch(kj.label_value(text))
+
+
+def test_labels_carry_the_group_key_and_attempt():
+    labels = kj.job_labels({"Lr": "0_01", "--": "x"}, xgroup="my group/1", key="k", attempt=3)
+    assert labels[kj.JOB_KEY_LABEL] == "k" and labels[kj.ATTEMPT_LABEL] == "3"
+    assert labels[kj.XGROUP_ID_LABEL] == kj.xgroup_id("my group/1")
+    assert labels["lr"] == "0_01" and "--" not in labels
+    assert all(LABEL_VALUE.fullmatch(v) for v in labels.values())
+
+
+def test_cpu_job_off_gke_has_no_gke_selectors():
+    res = kj.resources(min_cpu=None, min_mem=2048)
+    job = manifest(res)
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "31000m", "memory": "2048Mi"}}
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert pod["restartPolicy"] == "Never" and pod["hostIPC"] is True
+    assert job["spec"]["backoffLimit"] == 0
+    assert job["metadata"]["labels"] == job["spec"]["template"]["metadata"]["labels"]
+
+
+def test_gpu_on_gke_is_spot_by_default_with_its_accelerator_and_tolerations():
+    res = kj.resources(min_cpu=None, min_mem=None, gpu=GpuSpec(2, "T4"), gke=True)
+    pod = manifest(res)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert pod["containers"][0]["resources"]["requests"] == {"cpu": "1500m"}
+    assert pod["nodeSelector"] == {kj.GKE_ACCELERATOR: "nvidia-tesla-t4", kj.GKE_SPOT: "true"}
+    keys = {t["key"] for t in pod["tolerations"]}
+    assert keys == {kj.GKE_SPOT, "nvidia.com/gpu"}
+
+
+def test_nonpreemptible_drops_spot():
+    res = kj.resources(min_cpu=4000, min_mem=None, gke=True, nonpreemptible=True)
+    pod = manifest(res)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod
+
+
+def test_tpus_as_caliban_asked_for_them():
+    res = kj.resources(min_cpu=None, min_mem=None, tpu=TpuSpec(8, "V3"), tpu_driver="2.1")
+    job = manifest(res)
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cloud-tpus.google.com/preemptible-v3": "8"}
+    assert job["spec"]["template"]["metadata"]["annotations"] == {kj.TPU_VERSION_ANNOTATION: "2.1"}
+    res = kj.resources(min_cpu=None, min_mem=None, tpu=TpuSpec(8, "V2"), nonpreemptible_tpu=True)
+    limits = manifest(res)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {"cloud-tpus.google.com/v2": "8"}
+
+
+def test_newer_tpus_and_negative_backoff_are_refused():
+    with pytest.raises(SpecError, match="caliban cloud"):
+        kj.resources(min_cpu=None, min_mem=None, tpu=TpuSpec(8, "V4_POD"))
+    with pytest.raises(SpecError, match="backoff_limit"):
+        kj.resources(min_cpu=None, min_mem=None, backoff_limit=-1)
+
+
+def test_backoff_limit_is_kept():
+    res = kj.resources(min_cpu=None, min_mem=None, backoff_limit=3)
+    assert manifest(res)["spec"]["backoffLimit"] == 3
+
+
+GOOD = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "metadata": {"name": "mine"},
+    "spec": {
+        "template": {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}
+        }
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"kind": "Pod"}, "kind Job"),
+        ({"metadata": {}}, "metadata.name"),
+        ({"metadata": {"name": "Bad_Name"}}, "DNS-1123"),
+        ({"spec": {"template": {"spec": {"restartPolicy": "Never"}}}}, "containers"),
+        (
+            {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Always",
+                            "containers": [{"name": "c", "image": "i"}],
+                        }
+                    }
+                }
+            },
+            "restartPolicy",
+        ),
+        (
+            {
+                "spec": {
+                    "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c"}]}}
+                }
+            },
+            "image",
+        ),
+    ],
+)
+def test_a_users_job_file_is_checked_before_sending(change, needle):
+    assert kj.check_job_file(GOOD, "job.yaml") is GOOD
+    with pytest.raises(SpecError, match=needle):
+        kj.check_job_file({**GOOD, **change}, "job.yaml")
+    with pytest.raises(SpecError, match="mapping"):
+        kj.check_job_file(["not", "a", "job"], "job.yaml")
