@@ -193,7 +193,8 @@ def main() -> None:
                     for j in emu.jobs()
                     if j["metadata"]["labels"].get(kj.XGROUP_ID_LABEL) == kj.xgroup_id(xgroup)
                 ]
-                if all(j["status"].get("succeeded") for j in mine):
+                conditions = [j["status"].get("conditions") or [] for j in mine]
+                if all(any(c["type"] == "Complete" for c in cs) for cs in conditions):
                     break
                 time.sleep(0.1)
             first, _, _ = E.run_out(status, cwd=project, env=env)

@@ -83,8 +83,10 @@ def ensure_at(api_url: str, limit: dict) -> None:
     """`ensure` on the Prefect API at this URL; a failure is one line."""
     import httpx
 
+    from caliban_flows import prefect_api
+
     try:
-        with httpx.Client(base_url=api_url, timeout=30) as http:
+        with prefect_api.client(api_url) as http:
             ensure(http, limit)
     except httpx.HTTPError as e:
         raise LimitError(f"cannot set the concurrency limit {limit['name']!r}: {e}") from None

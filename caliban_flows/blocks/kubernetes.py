@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
-from prefect.exceptions import ObjectNotFound
 from prefect_kubernetes.credentials import KubernetesClusterConfig
 from pydantic import Field
+
+from caliban_flows.blocks.saved import load_saved
 
 BLOCK_TYPE = "Caliban Cluster Settings"
 SETTINGS = ("context", "namespace", "registry", "backoff_limit", "max_qps")
@@ -53,15 +54,7 @@ class ClusterSettings(Block):
 
 def load_block(name: str) -> ClusterSettings:
     """The saved block `name`; ValueError with a one-line message if there is none."""
-    try:
-        return ClusterSettings.load(name)
-    except ValueError as e:
-        if not isinstance(e.__cause__, ObjectNotFound):
-            raise
-        raise ValueError(
-            f"no Prefect {BLOCK_TYPE!r} block named {name!r}; "
-            f"create one in the Prefect UI or with ClusterSettings(...).save({name!r})"
-        ) from None
+    return load_saved(ClusterSettings, name)
 
 
 def settings_from_block(name: str) -> dict[str, Any]:

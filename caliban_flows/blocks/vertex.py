@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.blocks.core import Block
-from prefect.exceptions import ObjectNotFound
 from prefect_gcp.credentials import GcpCredentials
 from pydantic import Field
+
+from caliban_flows.blocks.saved import load_saved
 
 BLOCK_TYPE = "Caliban Vertex Settings"
 SETTINGS = ("project", "region", "service_account", "network", "registry", "max_qps", "spot")
@@ -65,16 +66,7 @@ class VertexSettings(Block):
 
 def load_block(name: str) -> VertexSettings:
     """The saved block `name`; ValueError with a one-line message if there is none."""
-    try:
-        return VertexSettings.load(name)
-    except ValueError as e:
-        # A block that exists but fails validation is a ValueError too: only 404 is "none".
-        if not isinstance(e.__cause__, ObjectNotFound):
-            raise
-        raise ValueError(
-            f"no Prefect {BLOCK_TYPE!r} block named {name!r}; "
-            f"create one in the Prefect UI or with VertexSettings(...).save({name!r})"
-        ) from None
+    return load_saved(VertexSettings, name)
 
 
 def settings_from_block(name: str) -> dict[str, Any]:

@@ -11,21 +11,12 @@ from caliban_flows.cli import gcloud
 from caliban_flows.cli import options as o
 from caliban_flows.cli import submission as sub
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
-from caliban_flows.spec.errors import SpecError
 
 
 def _block_settings(name: str | None) -> dict:
-    if not name:
-        return {}
-    from caliban_flows.cli.execute import prefect_ready
+    from caliban_flows.cli.execute import block_settings
 
-    prefect_ready()
-    from caliban_flows.blocks.vertex import settings_from_block
-
-    try:
-        return settings_from_block(name)
-    except ValueError as e:
-        raise SpecError(str(e)) from None
+    return block_settings("caliban_flows.blocks.vertex", name)
 
 
 def cloud(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -59,17 +60,9 @@ ClusterBlock = Annotated[
 
 
 def _block_settings(name: str | None) -> dict:
-    if not name:
-        return {}
-    from caliban_flows.cli.execute import prefect_ready
+    from caliban_flows.cli.execute import block_settings
 
-    prefect_ready()
-    from caliban_flows.blocks.kubernetes import settings_from_block
-
-    try:
-        return settings_from_block(name)
-    except ValueError as e:
-        raise SpecError(str(e)) from None
+    return block_settings("caliban_flows.blocks.kubernetes", name)
 
 
 def _kube_config(block: str | None) -> dict | None:
@@ -105,51 +98,53 @@ def _gke_context(cluster_name: str, project: str | None, zone: str | None, names
     raise SpecError(f"several contexts match cluster {cluster_name!r}: {', '.join(found)}")
 
 
-def _target(*, context, namespace, kubeconfig, cluster_name, project_id, zone, block):
-    """(context, namespace, kubeconfig kept in a block) that the flags name. Read without the
-    Kubernetes client, so --dry_run stays light; a context that is not there is bad input."""
+@dataclass(frozen=True)
+class Target:
+    """Where the flags (and a cluster settings block) send jobs."""
+
+    context: str | None
+    namespace: str
+    kubeconfig: str | None
+    config_dict: dict | None  # a kubeconfig kept in the block, never printed
+    defaults: dict  # the block's plain settings: registry, backoff_limit, max_qps ...
+
+    def connect(self, resources=None):
+        """The Kubernetes platform, its kubeconfig loaded by the client's own loader."""
+        from caliban_flows.platforms.kubernetes import Kubernetes
+
+        try:
+            return Kubernetes(
+                context=self.context,
+                namespace=self.namespace,
+                config_file=self.kubeconfig,
+                config_dict=self.config_dict,
+                resources=resources,
+            )
+        except RuntimeError as e:
+            raise SpecError(str(e)) from None
+
+
+def _target(
+    *, context, namespace, kubeconfig, block, cluster_name=None, project_id=None, zone=None
+) -> Target:
+    """Flags first, then the block, then the kubeconfig. Read without the Kubernetes client,
+    so --dry_run stays light; a context that is not there is bad input."""
     from caliban_flows.platforms import kubeconfig as kc
 
+    defaults = _block_settings(block)
     config_dict = _kube_config(block)
+    context = context or defaults.get("context")
     try:
         if cluster_name and not context:
             entries, _ = kc.contexts(kubeconfig, config_dict)
             names = [str(e.get("name")) for e in entries]
             context = _gke_context(cluster_name, project_id, zone, names)
-        context, namespace = kc.resolve(context, namespace, kubeconfig, config_dict)
+        context, namespace = kc.resolve(
+            context, namespace or defaults.get("namespace"), kubeconfig, config_dict
+        )
     except kc.KubeconfigError as e:
         raise SpecError(str(e)) from None
-    return context, namespace, config_dict
-
-
-def _connect(target: tuple, kubeconfig: str | None, resources=None):
-    """The Kubernetes platform, its kubeconfig loaded by the client's own loader."""
-    from caliban_flows.platforms.kubernetes import Kubernetes
-
-    context, namespace, config_dict = target
-    try:
-        return Kubernetes(
-            context=context,
-            namespace=namespace,
-            config_file=kubeconfig,
-            config_dict=config_dict,
-            resources=resources,
-        )
-    except RuntimeError as e:
-        raise SpecError(str(e)) from None
-
-
-def _platform(*, context, namespace, kubeconfig, cluster_name, project_id, zone, block):
-    target = _target(
-        context=context,
-        namespace=namespace,
-        kubeconfig=kubeconfig,
-        cluster_name=cluster_name,
-        project_id=project_id,
-        zone=zone,
-        block=block,
-    )
-    return _connect(target, kubeconfig)
+    return Target(context, namespace, kubeconfig, config_dict, defaults)
 
 
 @cluster_app.command("ls")
@@ -442,17 +437,17 @@ def submit(
         labels=label,
     )
     limit = record("kubernetes", p.xgroup, max_running, pool)
-    defaults = _block_settings(cluster_block)
     target = _target(
-        context=context or defaults.get("context"),
-        namespace=namespace or defaults.get("namespace"),
+        context=context,
+        namespace=namespace,
         kubeconfig=kubeconfig,
+        block=cluster_block,
         cluster_name=cluster_name,
         project_id=project_id,
         zone=zone,
-        block=cluster_block,
     )
-    gke = gke_of(target[0])
+    defaults = target.defaults
+    gke = gke_of(target.context)
     resources = kj.resources(
         min_cpu=min_cpu,
         min_mem=min_mem,
@@ -484,7 +479,7 @@ def submit(
             )
             for key, job in zip(job_keys(p.xgroup, p.jobs), p.jobs)
         ]
-        manifests = [manifest_for(r, resources, target[1]) for r in requests]
+        manifests = [manifest_for(r, resources, target.namespace) for r in requests]
         if export:
             for path in _export(export, manifests):
                 print(f"wrote {path}", file=sys.stderr)
@@ -496,7 +491,7 @@ def submit(
     raise typer.Exit(
         run_cluster(
             p,
-            _connect(target, kubeconfig, resources),
+            target.connect(resources),
             image_tag=image_tag,
             no_cache=no_cache,
             registry=registry or defaults.get("registry"),
@@ -527,13 +522,12 @@ def _check_gpu_limits(gke: dict, gpu) -> None:
     )
 
 
-def _print_dry_run(p, target: tuple, manifests: list[dict]) -> None:
+def _print_dry_run(p, target: Target, manifests: list[dict]) -> None:
     import yaml
 
-    context, namespace, _ = target
     lines = [
         f"Dry run: {len(p.jobs)} Kubernetes job(s) in xgroup {p.xgroup!r}, context "
-        f"{context!r}, namespace {namespace!r}"
+        f"{target.context!r}, namespace {target.namespace!r}"
     ]
     for job, manifest in zip(p.jobs, manifests):
         lines += job_block(job, f"Job: {manifest['metadata']['name']}")[:-1]
@@ -560,16 +554,15 @@ def submit_file(
     from caliban_flows.spec.k8s_job import check_job_file
 
     manifest = check_job_file(_load_manifest(job_file), job_file)
-    defaults = _block_settings(cluster_block)
-    platform = _platform(
-        context=context or defaults.get("context"),
-        namespace=namespace or defaults.get("namespace"),
+    platform = _target(
+        context=context,
+        namespace=namespace,
         kubeconfig=kubeconfig,
+        block=cluster_block,
         cluster_name=cluster_name,
         project_id=project_id,
         zone=zone,
-        block=cluster_block,
-    )
+    ).connect()
     if namespace:
         manifest.setdefault("metadata", {})["namespace"] = namespace
     try:
@@ -637,15 +630,10 @@ def logs(
     cluster_block: ClusterBlock = None,
 ) -> None:
     """Print the output of a Job's (newest) pod."""
-    platform = _platform(
-        context=context,
-        namespace=namespace,
-        kubeconfig=kubeconfig,
-        cluster_name=None,
-        project_id=None,
-        zone=None,
-        block=cluster_block,
+    target = _target(
+        context=context, namespace=namespace, kubeconfig=kubeconfig, block=cluster_block
     )
+    platform = target.connect()
     remote_id = job if "/" in job else f"{platform.namespace}/{job}"
     out = sys.stdout.buffer
     try:

@@ -312,7 +312,6 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
     image = cloud_image(plan.dockerfile, project=placement.project, region=placement.region,
                         image_tag=image_tag, no_cache=no_cache, registry=registry,
                         registry_block=registry_block)  # fmt: skip
-    jobs = job_records(plan.xgroup, plan.jobs, attempts)  # default 1: reruns add none
     vertex = {
         "project": placement.project,
         "region": placement.region,
@@ -320,20 +319,9 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
         "max_qps": max_qps,
         "credentials_block": vertex_block,
     }
-    build = None
-    if image_tag is None:
-        build = {**recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
-    code = run_group(
-        xgroup=plan.xgroup,
-        jobs=jobs,
-        command=plan.entrypoint.command(),
-        image=image,
-        build=build,
-        platform="vertex",
-        vertex=vertex,
-        wait=wait,
-        limit=limit,
-    )
+    code = _run_remote(plan, "vertex", image, prebuilt=image_tag is not None, registry=registry,
+                       no_cache=no_cache, wait=wait, limit=limit, attempts=attempts,
+                       vertex=vertex)  # fmt: skip
     if code == 0 and not wait:
         print(
             f"follow them with: caliban status --xgroup {plan.xgroup}\n"
@@ -396,22 +384,44 @@ def run_cluster(
         registry=registry,
         registry_block=registry_block,
     )
-    jobs = job_records(plan.xgroup, plan.jobs, attempts)
     cluster = {**platform.record(), "cluster_block": cluster_block, "max_qps": max_qps}
-    build = None
-    if image_tag is None:
-        build = {**recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
-    code = run_group(
-        xgroup=plan.xgroup,
-        jobs=jobs,
-        command=plan.entrypoint.command(),
-        image=image,
-        build=build,
-        platform="kubernetes",
-        wait=wait,
-        limit=limit,
-        cluster=cluster,
-    )
+    code = _run_remote(plan, "kubernetes", image, prebuilt=image_tag is not None,
+                       registry=registry, no_cache=no_cache, wait=wait, limit=limit,
+                       attempts=attempts, cluster=cluster)  # fmt: skip
     if code == 0 and not wait:
         print(f"follow them with: caliban status --xgroup {plan.xgroup}", file=sys.stderr)
     return code
+
+
+def _run_remote(plan: sub.Plan, platform: str, image: str, *, prebuilt: bool, registry, no_cache,
+                wait, limit, attempts, **record) -> int:  # fmt: skip
+    """One flow run of the group on a remote platform; `record` is its `vertex=` or
+    `cluster=` settings. A built image records how to rebuild it, for resubmit."""
+    build = None
+    if not prebuilt:
+        build = {**recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
+    return run_group(
+        xgroup=plan.xgroup,
+        jobs=job_records(plan.xgroup, plan.jobs, attempts),  # attempt 1: reruns add none
+        command=plan.entrypoint.command(),
+        image=image,
+        build=build,
+        platform=platform,
+        wait=wait,
+        limit=limit,
+        **record,
+    )
+
+
+def block_settings(module: str, name: str | None) -> dict:
+    """A settings block's plain settings (`module`'s settings_from_block); a missing or bad
+    block is bad input. Prefect starts first: loading a block needs the API."""
+    if not name:
+        return {}
+    import importlib
+
+    prefect_ready()
+    try:
+        return importlib.import_module(module).settings_from_block(name)
+    except ValueError as e:
+        raise SpecError(str(e)) from None

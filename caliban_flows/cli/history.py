@@ -32,7 +32,7 @@ def _platforms():
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
     import httpx
 
-    from caliban_flows import backend
+    from caliban_flows import backend, prefect_api
     from caliban_flows.cli.execute import prefect_ready
     from caliban_flows.reconcile import PlatformError, reconcile
 
@@ -41,7 +41,7 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
         return [], []  # caliban has never recorded a group here: no server to start for that
     url = prefect_ready()
     try:
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with prefect_api.client(url) as http:
             return reconcile(http, _platforms(), xgroup)
     except PlatformError as e:
         raise CalibanError(str(e)) from None

@@ -121,15 +121,15 @@ def _run_all(requests: list[JobRequest], parallel: int, limit: str | None) -> li
 
 def _publish(xgroup: str) -> None:
     """The run's job table and summary artifacts; a failure here never fails the group."""
-    import httpx
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_API_URL
 
+    from caliban_flows import prefect_api
     from caliban_flows.reconcile import publish_group
     from caliban_flows.tasks.credentials import platforms
 
     try:
-        with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=30) as http:
+        with prefect_api.client(PREFECT_API_URL.value()) as http:
             publish_group(http, platforms(), xgroup, flow_run.id)
     except Exception as e:
         print(f"warning: the jobs table was not published: {e}", file=sys.stderr)

@@ -15,9 +15,9 @@ DEPLOYMENT = "caliban-reconcile"
 @flow(name="caliban-reconcile", persist_result=False)
 def reconcile_active_groups() -> str:
     """One round: reconcile each group that has a run not over yet."""
-    import httpx
     from prefect.settings import PREFECT_API_URL
 
+    from caliban_flows import prefect_api
     from caliban_flows.history import active_xgroups
     from caliban_flows.reconcile import PlatformError, reconcile
     from caliban_flows.tasks.credentials import platforms as make_platforms
@@ -25,7 +25,7 @@ def reconcile_active_groups() -> str:
     logger = get_run_logger()
     platforms = make_platforms()
     done, failed = 0, 0
-    with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=60) as http:
+    with prefect_api.client(PREFECT_API_URL.value(), timeout=60) as http:
         for xgroup in active_xgroups(http):
             try:
                 reconcile(http, platforms, xgroup, publish_all=True)

@@ -417,16 +417,16 @@ def report_failures(flow_run_id: str) -> dict:
     automation can pass `{{ event.resource.id }}`. Each failed job becomes a warning log line;
     a markdown artifact `caliban-failures-<xgroup>` lists them all.
     """
-    import httpx
     from prefect.artifacts import create_markdown_artifact
     from prefect.settings import PREFECT_API_URL
 
+    from caliban_flows import prefect_api
     from caliban_flows.reconcile import reconcile
     from caliban_flows.tasks.credentials import platforms
 
     logger = get_run_logger()
     run_id = flow_run_id.strip().removeprefix("prefect.flow-run.")
-    with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=30, headers=_auth()) as http:
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
         response = http.get(f"/flow_runs/{run_id}")
         response.raise_for_status()
         run = response.json()
@@ -457,13 +457,6 @@ def report_failures(flow_run_id: str) -> dict:
         "xgroup": xgroup,
         "failed": [{k: r.get(k) for k in keep} for r in failed],
     }
-
-
-def _auth() -> dict[str, str]:
-    from prefect.settings import PREFECT_API_KEY
-
-    key = PREFECT_API_KEY.value()
-    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
 
 
 def _artifact_key(xgroup: str) -> str:

@@ -47,13 +47,13 @@ def poll_seconds() -> float:
 @task(name="fill-slots", cache_policy=NO_CACHE)
 def fill_slots(limit: str) -> list[RemoteJob]:
     """Submit queued jobs of the limit's pool (this group's among them) into its free slots."""
-    import httpx
     from prefect.settings import PREFECT_API_URL
 
+    from caliban_flows import prefect_api
     from caliban_flows.limits import fill
 
     logger = get_run_logger()
-    with httpx.Client(base_url=PREFECT_API_URL.value(), timeout=30) as http:
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
         submitted = fill(http, platforms(), limit)
     for job in submitted:
         logger.info("submitted %s: %s", job.key, job.console_url or job.remote_id)

@@ -24,6 +24,7 @@ import yaml
 
 from devtools.k8s_emulator import K8sEmulator
 from tests.conftest import BIN, caliban_runner, wait_for
+from tests.e2e.test_vertex_e2e import api_url, flow_run_state, status
 
 TRAIN = """\
 import sys, time
@@ -81,23 +82,6 @@ def real(caliban_home, project):
         yield emulator, make_cli(project, caliban_home, emulator)
 
 
-def status(cli, xgroup: str) -> list[dict]:
-    done = cli("status", "--xgroup", xgroup, "--format", "json")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def api_url(cli) -> str:
-    code = "from caliban_flows import backend; print(backend.api_url())"
-    out = subprocess.run([str(BIN / "python"), "-c", code], env=cli.env, capture_output=True,
-                         text=True, timeout=120, check=True)  # fmt: skip
-    return out.stdout.strip()
-
-
-def flow_run_state(cli, flow_run_id: str) -> str:
-    return httpx.get(f"{api_url(cli)}/flow_runs/{flow_run_id}", timeout=10).json()["state"]["type"]
-
-
 def sweep(project: Path, n: int) -> None:
     (project / "exp.json").write_text(json.dumps({"i": list(range(n))}))
 
@@ -107,6 +91,12 @@ def group_jobs(emulator: K8sEmulator, xgroup: str) -> list[dict]:
 
     mine = kj.xgroup_id(xgroup)
     return [j for j in emulator.jobs() if j["metadata"]["labels"].get(kj.XGROUP_ID_LABEL) == mine]
+
+
+def ended(job: dict, kind: str = "Complete") -> bool:
+    """The Job controller's condition is set (it comes after the pod's own end)."""
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c["type"] == kind and c["status"] == "True" for c in conditions)
 
 
 def test_a_sweep_runs_the_pushed_image_on_the_cluster_then_status_settles(real, project):
@@ -196,7 +186,7 @@ def test_a_job_that_ended_while_nothing_watched_shows_its_truth(simulated, proje
     assert flow_run_state(cli, row["flow_run_id"]) == "RUNNING"
     emulator.set_outcome(row["remote_id"], "Failed", exit_code=7)
     emulator.hold(False)  # the job ends; nothing of ours is watching
-    wait_for(lambda: group_jobs(emulator, xgroup)[0]["status"].get("failed"))
+    wait_for(lambda: ended(group_jobs(emulator, xgroup)[0], "Failed"))
     after = status(cli, xgroup)[0]
     assert (after["state"], after["exit_code"]) == ("FAILED", 7)
     assert flow_run_state(cli, row["flow_run_id"]) == "FAILED"
@@ -321,7 +311,7 @@ def test_max_running_caps_a_cluster_group(simulated, project):
     assert len(group_jobs(emulator, xgroup)) == 2
     assert sorted(r["state"] for r in status(cli, xgroup))[0] == "QUEUED"
     emulator.hold(False)
-    wait_for(lambda: all(j["status"].get("succeeded") for j in group_jobs(emulator, xgroup)))
+    wait_for(lambda: all(ended(j) for j in group_jobs(emulator, xgroup)))
     assert len(group_jobs(emulator, xgroup)) == 2  # nobody has reconciled: the third waits
     status(cli, xgroup)  # one reconcile round frees the ended jobs' slots and fills one
     assert len(group_jobs(emulator, xgroup)) == 3

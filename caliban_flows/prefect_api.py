@@ -1,0 +1,69 @@
+"""One way to talk to Prefect's REST API with httpx (no `prefect` import): status, reconcile,
+limits and artifacts all use it.
+
+A SQLite-backed server answers 503 while another writer holds the database, and Prefect Cloud
+answers 429 when it rate-limits; both mean "not done, try again", so requests are retried with
+jittered exponential backoff (tenacity). Prefect Cloud's key, when set, goes as a bearer token.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import httpx
+
+RETRY_STATUS = (429, 502, 503, 504)
+RETRY_SECONDS = 30.0  # then the last answer stands, and the caller says so in one line
+
+
+class _RetryingTransport(httpx.HTTPTransport):
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        from tenacity import Retrying, retry_if_result, stop_after_delay, wait_random_exponential
+
+        retrying = Retrying(
+            retry=retry_if_result(lambda response: response.status_code in RETRY_STATUS),
+            wait=wait_random_exponential(multiplier=0.1, max=3.0),
+            stop=stop_after_delay(RETRY_SECONDS),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )
+        return retrying(self._send, request)
+
+    def _send(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if response.status_code in RETRY_STATUS:
+            response.read()  # frees the connection for the next try
+        return response
+
+
+def _api_key() -> str | None:
+    if os.environ.get("PREFECT_API_KEY"):
+        return os.environ["PREFECT_API_KEY"]
+    if "prefect.settings" not in sys.modules:  # never import Prefect just for this
+        return None
+    from prefect.settings import PREFECT_API_KEY
+
+    value = PREFECT_API_KEY.value()
+    return value.get_secret_value() if value else None
+
+
+def _api_url() -> str:
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
+def client(url: str | None = None, *, timeout: float = 30.0) -> httpx.Client:
+    """An httpx client on the Prefect API at `url` (default: PREFECT_API_URL)."""
+    url = url or _api_url()
+    key = _api_key()
+    local = url.startswith(("http://127.0.0.1", "http://localhost"))
+    return httpx.Client(
+        base_url=url,
+        timeout=timeout,
+        headers={"Authorization": f"Bearer {key}"} if key else {},
+        transport=_RetryingTransport(),
+        trust_env=not local,  # no proxy for loopback
+    )

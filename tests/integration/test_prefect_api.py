@@ -1,0 +1,56 @@
+"""Our Prefect REST client rides out a busy server (503, 429) and sends the Cloud key."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from caliban_flows import prefect_api
+
+
+@pytest.fixture
+def server():
+    seen: list[tuple[str, str | None]] = []
+    answers: list[int] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.path, self.headers.get("Authorization")))
+            code = answers.pop(0) if answers else 200
+            body = b'{"ok": true}' if code == 200 else b'{"detail": "database is locked"}'
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/api", seen, answers
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_503_and_429_are_retried_with_the_same_body(server, monkeypatch):
+    url, seen, answers = server
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_secret")
+    answers.extend([503, 429, 503])
+    with prefect_api.client(url) as http:
+        response = http.post("/flow_runs/filter", json={"limit": 1})
+    assert response.status_code == 200 and response.json() == {"ok": True}
+    assert [path for path, _ in seen] == ["/api/flow_runs/filter"] * 4
+    assert {auth for _, auth in seen} == {"Bearer pnu_secret"}
+
+
+def test_a_server_that_stays_busy_gives_its_last_answer(server, monkeypatch):
+    url, seen, answers = server
+    monkeypatch.setattr(prefect_api, "RETRY_SECONDS", 0.5)
+    answers.extend([503] * 1000)
+    with prefect_api.client(url) as http:
+        response = http.post("/flow_runs/filter", json={})
+    assert response.status_code == 503 and len(seen) >= 2
