@@ -64,6 +64,6 @@ def client(url: str | None = None, *, timeout: float = 30.0) -> httpx.Client:
         base_url=url,
         timeout=timeout,
         headers={"Authorization": f"Bearer {key}"} if key else {},
-        transport=_RetryingTransport(),
+        transport=_RetryingTransport(verify=not local),  # plain http: no CA bundle to load
         trust_env=not local,  # no proxy for loopback
     )

@@ -17,6 +17,7 @@ import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
@@ -272,6 +273,8 @@ class Kubernetes:
         period = max(0.04, 1.0 / max_qps)
         limiter = AsyncLimiter(max_qps * period, period)
         gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # Its own threads: asyncio's default pool has only cores + 4 (6 here).
+        threads = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="k8s-create")
         existing: dict[tuple[str, int], RemoteJob] = {}
         for xgroup in {r.xgroup for r in requests}:
             async with limiter:
@@ -282,19 +285,22 @@ class Kubernetes:
             found = existing.get((request.key, request.attempt))
             if found is None:
                 async with gate:
-                    found = await self._create(limiter, request)
+                    found = await self._create(limiter, threads, request)
                 on_job(found, True)
             else:
                 on_job(found, False)
             return found
 
-        results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+        finally:
+            threads.shutdown(wait=False)
         failed = [(r, e) for r, e in zip(requests, results) if isinstance(e, BaseException)]
         if failed:
             raise SubmitError([j for j in results if isinstance(j, RemoteJob)], failed)
         return list(results)
 
-    async def _create(self, limiter, request: JobRequest) -> RemoteJob:
+    async def _create(self, limiter, threads, request: JobRequest) -> RemoteJob:
         from kubernetes.client.exceptions import ApiException
         from tenacity import (
             AsyncRetrying,
@@ -339,7 +345,7 @@ class Kubernetes:
         async for attempt in retrying:
             with attempt:
                 async with limiter:
-                    job = await asyncio.to_thread(create)
+                    job = await asyncio.get_running_loop().run_in_executor(threads, create)
         return self._remote(job, {})
 
     # -- reading -----------------------------------------------------------------------------

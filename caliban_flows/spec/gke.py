@@ -105,6 +105,7 @@ def create_request(
             "autoprovisioning_node_pool_defaults": {"oauth_scopes": list(AUTOPROVISIONING_SCOPES)},
         },
         "ip_allocation_policy": {"use_ip_aliases": True},
+        "enable_tpu": True,  # Caliban's clusters took --tpu_spec jobs (Cloud TPU nodes)
         "release_channel": {"channel": release_channel},
     }
     if not single_zone:

@@ -66,6 +66,7 @@ def test_create_ls_submit_check_and_delete_a_cluster(gke):
     assert limits == {"cpu": 72, "memory": 72 * 64, "nvidia-tesla-t4": 4}
     assert request["parent"] == f"projects/{PROJECT}/locations/us-central1"  # regional
     assert request["cluster"]["release_channel"] == {"channel": "REGULAR"}
+    assert request["cluster"]["enable_tpu"] is True
     assert clusters.clusters() == []
 
     made = cli("cluster", "create", "--cluster_name", "c1", "--zone", "us-central1-a")
