@@ -332,6 +332,22 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
     return code
 
 
+def cluster_push_target(gke: dict | None, registry: str | None, registry_block: str | None):
+    """Where images for the cluster go: the registry named, else on GKE the project's
+    Artifact Registry in the cluster's region; none is bad input."""
+    from caliban_flows.cli.registry import HINT, PushTarget, push_target
+
+    target = push_target(registry, registry_block)
+    if target is None and gke is not None:
+        from caliban_flows.spec.gke import region_of
+
+        region = region_of(gke["location"])
+        target = PushTarget(f"{region}-docker.pkg.dev/{gke['project']}/caliban")
+    if target is None:
+        raise SpecError(f"no registry the cluster can pull from: {HINT}")
+    return target
+
+
 def cluster_image(
     dockerfile: str,
     *,
@@ -341,20 +357,10 @@ def cluster_image(
     registry: str | None = None,
     registry_block: str | None = None,
 ) -> str:
-    """The image the cluster will pull: --image_tag as given, else built here and pushed to
-    the registry named (or, on GKE, the project's Artifact Registry in the cluster's region)."""
-    from caliban_flows.cli.registry import HINT, PushTarget, push_target
-
+    """The image the cluster will pull: --image_tag as given, else built here and pushed."""
     if image_tag is not None:
         return image_tag
-    target = push_target(registry, registry_block)
-    if target is None and gke is not None:
-        from caliban_flows.spec.gke import region_of
-
-        region = region_of(gke["location"])
-        target = PushTarget(f"{region}-docker.pkg.dev/{gke['project']}/caliban")
-    if target is None:
-        raise SpecError(f"no registry the cluster can pull from: {HINT}")
+    target = cluster_push_target(gke, registry, registry_block)
     built = build_here(dockerfile, no_cache=no_cache)
     return push_here(built.tag, target)
 
@@ -375,6 +381,8 @@ def run_cluster(
 ) -> int:
     """Submit the plan's jobs to Kubernetes as one flow run of the group."""
     check_external_api()
+    if image_tag is None:  # bad input: say so before starting anything
+        cluster_push_target(platform.gke, registry, registry_block)
     start_backend_early()
     image = cluster_image(
         plan.dockerfile,

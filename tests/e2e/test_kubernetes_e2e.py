@@ -208,6 +208,23 @@ def test_stop_deletes_the_jobs(simulated, project):
     assert flow_run_state(cli, status(cli, xgroup)[0]["flow_run_id"]) == "CANCELLED"
 
 
+def test_cancelling_the_flow_run_in_prefect_deletes_the_jobs(simulated, project):
+    emulator, cli = simulated
+    emulator.hold(True)
+    sweep(project, 2)
+    xgroup = f"ku-{uuid.uuid4().hex[:8]}"
+    done = cli(*SUBMIT, "--image_tag", IMAGE, "--xgroup", xgroup, "--experiment_config",
+               "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run_id = status(cli, xgroup)[0]["flow_run_id"]
+    body = {"state": {"type": "CANCELLING", "message": "cancelled in the UI"}, "force": True}
+    httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=10)
+    status(cli, xgroup)  # the next reconcile (caliban serve does the same on its own)
+    wait_for(lambda: group_jobs(emulator, xgroup) == [])
+    assert {r["state"] for r in status(cli, xgroup)} == {"STOPPED"}
+    assert flow_run_state(cli, run_id) == "CANCELLED"
+
+
 def test_a_thousand_submissions_under_injected_faults_make_no_duplicates(simulated, project):
     emulator, cli = simulated
     emulator.error_rate, emulator.lost_response_rate = 0.1, 0.1
@@ -318,3 +335,13 @@ def test_max_running_caps_a_cluster_group(simulated, project):
     rows = wait_for(lambda: (r := status(cli, xgroup)) and all(
         x["state"] == "SUCCEEDED" for x in r) and r)  # fmt: skip
     assert len(rows) == 3 and Counter(emulator.creates_by_key().values()) == Counter({1: 3})
+
+
+def test_no_registry_the_cluster_can_pull_from_is_bad_input(simulated, project):
+    emulator, cli = simulated
+    env = {k: v for k, v in cli.env.items() if k != "CALIBAN_REGISTRY"}
+    done = cli(*SUBMIT, "trainer.train", env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "no registry the cluster can pull from" in done.stderr
+    assert emulator.jobs() == []
