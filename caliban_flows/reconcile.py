@@ -137,12 +137,13 @@ def reconcile(
                 state["data"] = final_data(s.final)
             body = {"state": state, "force": True}
             http.post(f"/flow_runs/{s.run.flow_run_id}/set_state", json=body).raise_for_status()
+    just_settled = {s.run.flow_run_id for s in settled}
     limits = {
         r.limit["name"]
         for r in runs
         if r.limit
         and r.platform != "local"
-        and (r.state in ACTIVE_RUN_STATES or r.flow_run_id in {s.run.flow_run_id for s in settled})
+        and (r.state in ACTIVE_RUN_STATES or r.flow_run_id in just_settled)
     }
     place = {(j["key"], j["attempt"]): where(r) for r in runs for j in r.jobs}
     for name in sorted(limits):  # release the slots of ended jobs, fill them with queued ones
@@ -152,9 +153,8 @@ def reconcile(
     if settled:
         runs = read_group_runs(http, xgroup)
     rows = job_rows(runs, remote)
-    touched = {s.run.flow_run_id for s in settled}
     for run in runs:
-        if run.flow_run_id in touched or (publish_all and run.state in ACTIVE_RUN_STATES):
+        if run.flow_run_id in just_settled or (publish_all and run.state in ACTIVE_RUN_STATES):
             publish_run(http, run, rows)
     return runs, rows
 

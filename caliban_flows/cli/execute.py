@@ -348,19 +348,8 @@ def cluster_push_target(gke: dict | None, registry: str | None, registry_block: 
     return target
 
 
-def cluster_image(
-    dockerfile: str,
-    *,
-    gke: dict | None,
-    image_tag: str | None = None,
-    no_cache: bool = False,
-    registry: str | None = None,
-    registry_block: str | None = None,
-) -> str:
-    """The image the cluster will pull: --image_tag as given, else built here and pushed."""
-    if image_tag is not None:
-        return image_tag
-    target = cluster_push_target(gke, registry, registry_block)
+def cluster_image(dockerfile: str, target, *, no_cache: bool = False) -> str:
+    """Build here and push to `target` (a cluster_push_target): the image the cluster pulls."""
     built = build_here(dockerfile, no_cache=no_cache)
     return push_here(built.tag, target)
 
@@ -381,17 +370,11 @@ def run_cluster(
 ) -> int:
     """Submit the plan's jobs to Kubernetes as one flow run of the group."""
     check_external_api()
+    target = None
     if image_tag is None:  # bad input: say so before starting anything
-        cluster_push_target(platform.gke, registry, registry_block)
+        target = cluster_push_target(platform.gke, registry, registry_block)
     start_backend_early()
-    image = cluster_image(
-        plan.dockerfile,
-        gke=platform.gke,
-        image_tag=image_tag,
-        no_cache=no_cache,
-        registry=registry,
-        registry_block=registry_block,
-    )
+    image = image_tag or cluster_image(plan.dockerfile, target, no_cache=no_cache)
     cluster = {**platform.record(), "cluster_block": cluster_block, "max_qps": max_qps}
     code = _run_remote(plan, "kubernetes", image, prebuilt=image_tag is not None,
                        registry=registry, no_cache=no_cache, wait=wait, limit=limit,

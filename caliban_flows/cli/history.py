@@ -23,18 +23,13 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _platforms():
-    from caliban_flows.tasks.credentials import platforms
-
-    return platforms()
-
-
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
     import httpx
 
     from caliban_flows import backend, prefect_api
     from caliban_flows.cli.execute import prefect_ready
     from caliban_flows.reconcile import PlatformError, reconcile
+    from caliban_flows.tasks.credentials import platforms
 
     known = backend.status()
     if known["mode"] == "local" and not known["initialized"]:
@@ -42,7 +37,7 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
     url = prefect_ready()
     try:
         with prefect_api.client(url) as http:
-            return reconcile(http, _platforms(), xgroup)
+            return reconcile(http, platforms(), xgroup)
     except PlatformError as e:
         raise CalibanError(str(e)) from None
     except httpx.HTTPError as e:
@@ -181,7 +176,9 @@ def _stop(runs, active: list[dict]) -> None:
         for run_id in run_ids:
             client.set_flow_run_state(run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
     by_id = {run.flow_run_id: run for run in runs}
-    platforms = _platforms()
+    from caliban_flows.tasks.credentials import platforms as make_platforms
+
+    platforms = make_platforms()
     for run_id in run_ids:
         ids = [r["remote_id"] for r in active if r["flow_run_id"] == run_id and r["remote_id"]]
         if ids:
@@ -258,7 +255,13 @@ def _rebuild_recipe(recipe: dict) -> str:
 
 def _resubmit_remote(runs, wanted: list[dict]) -> int:
     """Attempt N+1 of each chosen job, from the current code (or the same --image_tag)."""
-    from caliban_flows.cli.execute import check_external_api, cloud_image, cluster_image, run_group
+    from caliban_flows.cli.execute import (
+        check_external_api,
+        cloud_image,
+        cluster_image,
+        cluster_push_target,
+        run_group,
+    )
     from caliban_flows.platforms.kubernetes import gke_of
 
     check_external_api()
@@ -273,11 +276,10 @@ def _resubmit_remote(runs, wanted: list[dict]) -> int:
             registry=last.build.get("registry"),
         )
     elif last.build:
-        image = cluster_image(
-            _rebuild_recipe(last.build),
-            gke=gke_of(last.cluster.get("context")),
-            registry=last.build.get("registry"),
+        target = cluster_push_target(
+            gke_of(last.cluster.get("context")), last.build.get("registry"), None
         )
+        image = cluster_image(_rebuild_recipe(last.build), target)
     jobs = [{**originals[r["key"]], "attempt": r["attempt"] + 1} for r in wanted]
     return run_group(
         xgroup=last.xgroup,

@@ -145,25 +145,21 @@ class Kubernetes:
         }
 
     def _context_and_namespace(self, context: str | None) -> tuple[str | None, str | None]:
-        from kubernetes import config
+        """The same resolution as --dry_run's (kubeconfig.resolve), but a kubeconfig with no
+        context to use is an error here: jobs must go somewhere."""
+        from caliban_flows.platforms import kubeconfig as kc
 
         try:
-            if self.config_dict is not None:
-                loader = config.kube_config.KubeConfigLoader(
-                    config_dict=self.config_dict, active_context=context
-                )
-                contexts, active = loader.list_contexts(), loader.current_context
-            else:
-                contexts, active = config.list_kube_config_contexts(self.config_file)
-        except config.ConfigException as e:
-            raise RuntimeError(f"no usable kubeconfig: {e}") from None
-        chosen = active
-        if context is not None:
-            chosen = next((c for c in contexts if c["name"] == context), None)
-            if chosen is None:
-                names = ", ".join(c["name"] for c in contexts) or "none"
-                raise RuntimeError(f"kubeconfig has no context {context!r} (it has: {names})")
-        return chosen["name"], (chosen.get("context") or {}).get("namespace")
+            entries, _ = kc.contexts(self.config_file, self.config_dict)
+            chosen, namespace = kc.resolve(context, None, self.config_file, self.config_dict)
+        except kc.KubeconfigError as e:
+            raise RuntimeError(str(e)) from None
+        if not entries or chosen is None:
+            where = self.config_file or "$KUBECONFIG or ~/.kube/config"
+            raise RuntimeError(
+                f"no usable kubeconfig: {where} names no current context; pass --context"
+            )
+        return chosen, namespace
 
     def api(self):
         if self._api is None:
