@@ -156,8 +156,9 @@ def ls(
     kubeconfig: Kubeconfig = None,
 ) -> None:
     """List the clusters in your kubeconfig and, with a project, its GKE clusters."""
-    from kubernetes import config
+    from caliban_flows.platforms import kube_client
 
+    config = kube_client.config()
     try:
         contexts, active = config.list_kube_config_contexts(kubeconfig)
     except config.ConfigException:
@@ -582,11 +583,10 @@ def submit_file(
 
 
 def _api_error(error: BaseException, what: str) -> Exception:
-    from kubernetes.client.exceptions import ApiException
-
+    from caliban_flows.platforms import kube_client
     from caliban_flows.platforms.kubernetes import describe
 
-    if isinstance(error, ApiException) and error.status in (400, 409, 422):
+    if isinstance(error, kube_client.api_exception()) and error.status in (400, 409, 422):
         return SpecError(f"{what}: {describe(error)}")
     return CalibanError(f"{what}: {describe(error)}")
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+from caliban_flows.platforms import kube_client
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
 from caliban_flows.spec import k8s_job as kj
 
@@ -57,10 +58,9 @@ def describe(error: BaseException) -> str:
 
 
 def transient(error: BaseException) -> bool:
-    from kubernetes.client.exceptions import ApiException
     from urllib3.exceptions import HTTPError as Urllib3Error
 
-    if isinstance(error, ApiException):
+    if isinstance(error, kube_client.api_exception()):
         return error.status in TRANSIENT_STATUS or error.status == 0
     return isinstance(error, Urllib3Error | ConnectionError | TimeoutError)
 
@@ -163,8 +163,7 @@ class Kubernetes:
 
     def api(self):
         if self._api is None:
-            from kubernetes import config
-
+            config = kube_client.config()
             if self.config_dict is not None:
                 client = config.new_client_from_config_dict(self.config_dict, context=self.context)
             else:
@@ -175,14 +174,10 @@ class Kubernetes:
         return self._api
 
     def batch(self):
-        from kubernetes import client
-
-        return client.BatchV1Api(self.api())
+        return kube_client.batch_api(self.api())
 
     def core(self):
-        from kubernetes import client
-
-        return client.CoreV1Api(self.api())
+        return kube_client.core_api(self.api())
 
     # -- the platform protocol -------------------------------------------------------------
 
@@ -193,7 +188,7 @@ class Kubernetes:
         return [self._remote(job, codes) for job in jobs]
 
     def cancel(self, remote_ids: Sequence[str]) -> None:
-        from kubernetes.client.exceptions import ApiException
+        api_exception = kube_client.api_exception()
 
         for remote_id in remote_ids:
             namespace, name = remote_id.split("/", 1)
@@ -207,7 +202,7 @@ class Kubernetes:
             )
             try:
                 self._retry(delete)
-            except ApiException as e:
+            except api_exception as e:
                 if e.status != 404:  # already gone: nothing to stop
                     raise
 
@@ -297,7 +292,7 @@ class Kubernetes:
         return list(results)
 
     async def _create(self, limiter, threads, request: JobRequest) -> RemoteJob:
-        from kubernetes.client.exceptions import ApiException
+        api_exception = kube_client.api_exception()
         from tenacity import (
             AsyncRetrying,
             retry_if_exception,
@@ -314,7 +309,7 @@ class Kubernetes:
                     self.namespace, body, _preload_content=False, _request_timeout=CALL_TIMEOUT
                 )
                 return self._json(made)
-            except ApiException as e:
+            except api_exception as e:
                 if e.status != 409:
                     raise
             # Ours already: made by a create whose answer was lost, or by an earlier run.
