@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from caliban_flows.lean_httpx import httpx
 
 HOST = "127.0.0.1"
 DEFAULT_IDLE_MINUTES = 30.0

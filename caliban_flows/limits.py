@@ -81,9 +81,8 @@ def ensure(http, limit: dict) -> None:
 
 def ensure_at(api_url: str, limit: dict) -> None:
     """`ensure` on the Prefect API at this URL; a failure is one line."""
-    import httpx
-
     from caliban_flows import prefect_api
+    from caliban_flows.lean_httpx import httpx
 
     try:
         with prefect_api.client(api_url) as http:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-import httpx
+from caliban_flows.lean_httpx import httpx
 
 RETRY_STATUS = (429, 502, 503, 504)
 RETRY_SECONDS = 30.0  # then the last answer stands, and the caller says so in one line

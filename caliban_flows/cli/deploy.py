@@ -320,9 +320,8 @@ def _split_reference(reference: str) -> tuple[str, str]:
 
 
 def _emit_image_pushed(reference: str, local_tag: str | None) -> bool:
-    import httpx
-
     from caliban_flows import backend
+    from caliban_flows.lean_httpx import httpx
 
     known = backend.status()
     if not known["running"]:

@@ -24,10 +24,9 @@ class Format(str, Enum):
 
 
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
-    import httpx
-
     from caliban_flows import backend, prefect_api
     from caliban_flows.cli.execute import prefect_ready
+    from caliban_flows.lean_httpx import httpx
     from caliban_flows.reconcile import PlatformError, reconcile
     from caliban_flows.tasks.credentials import platforms
 
