@@ -26,7 +26,7 @@ from pathlib import Path
 import _common as C
 import _engine as E
 
-JOBS, MAX_QPS, CLI_RUNS, STATUS_RUNS, WARMUP_JOBS = 1000, 500.0, 2, 3, 10
+JOBS, MAX_QPS, CLI_RUNS, STATUS_RUNS, WARMUP_JOBS = 1000, 500.0, 2, 5, 10
 LATENCY = 0.01
 TARGET_SUBMIT_S, TARGET_STATUS_S = 10.0, 1.0
 IMAGE = "127.0.0.1:5000/bench/k8s:1"  # never pulled: the emulator simulates pods
