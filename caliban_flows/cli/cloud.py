@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 import typer
 
-from caliban_flows.cli import gcloud
+from caliban_flows import gcloud
+from caliban_flows import submission as sub
 from caliban_flows.cli import options as o
-from caliban_flows.cli import submission as sub
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
 
 

@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
+from caliban_flows import submission as sub
 from caliban_flows.cli import options as o
-from caliban_flows.cli import submission as sub
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
 from caliban_flows.spec.errors import CalibanError, SpecError
 
@@ -223,7 +223,7 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
 
 
 def _gke(project_id: str | None):
-    from caliban_flows.cli import gcloud
+    from caliban_flows import gcloud
     from caliban_flows.platforms.gke import Gke
 
     return Gke(gcloud.project_id(project_id))

@@ -6,22 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-from caliban_flows.cli import submission as sub
+from caliban_flows import submission as sub
+from caliban_flows.platforms.local import docker_client, engine_gpu, local_attempts
 from caliban_flows.spec.errors import CalibanError, SpecError
 from caliban_flows.spec.jobspec import job_records
-
-
-def docker_client():
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise CalibanError(
-            f"cannot reach a Docker engine ({e}); start one, or set DOCKER_HOST"
-        ) from None
-    return client
 
 
 def _show_build_line(line: str) -> None:
@@ -108,25 +96,6 @@ def prefect_ready(*preload: str) -> str:
     if waited > 1.0:  # say why the command paused: a cold server imports and migrates first
         print(f"waited {waited:.1f} s for the Prefect server to start", file=sys.stderr)
     return url
-
-
-def engine_gpu(client, gpu: bool) -> bool:
-    """GPU mode only on an engine with NVIDIA's runtime; else CPU, with a warning (#96)."""
-    from caliban_flows.platforms.local import LocalDocker
-
-    if gpu and not LocalDocker(client).has_nvidia():
-        print("warning: this Docker engine has no NVIDIA runtime; using CPU mode", file=sys.stderr)
-        return False
-    return gpu
-
-
-def local_attempts(client, xgroup: str) -> dict[str, int]:
-    from caliban_flows.platforms.local import LocalDocker
-
-    latest: dict[str, int] = {}
-    for job in LocalDocker(client).poll(xgroup):
-        latest[job.key] = max(latest.get(job.key, 0), job.attempt)
-    return latest
 
 
 def recipe(plan: sub.Plan, *, gpu: bool) -> dict:

@@ -238,7 +238,7 @@ def _rebuild_recipe(recipe: dict) -> str:
     import os
     from pathlib import Path
 
-    from caliban_flows.cli import submission as sub
+    from caliban_flows import submission as sub
 
     root = Path(recipe["root"])
     if not root.is_dir():

@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
+from caliban_flows import submission as sub
 from caliban_flows.cli import options as o
-from caliban_flows.cli import submission as sub
 from caliban_flows.cli.interactive import credential_args, docker_argv, free_port, hand_over
 from caliban_flows.cli.output import emit
 from caliban_flows.cli.registry import require_push_target
@@ -24,7 +24,8 @@ def _session_image(
 
     On an engine without NVIDIA's runtime, GPU mode falls back to the CPU image.
     """
-    from caliban_flows.cli.execute import build_here, docker_client, engine_gpu
+    from caliban_flows.cli.execute import build_here
+    from caliban_flows.platforms.local import docker_client, engine_gpu
 
     nvidia = engine_gpu(docker_client(), gpu)
     if gpu and not nvidia and image_id is None:

@@ -182,3 +182,37 @@ class LocalDocker:
 
     def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
         return self.client.api.logs(remote_id, stream=True, follow=follow)
+
+
+def docker_client():
+    """The user's Docker engine (DOCKER_HOST, else the default socket), answering."""
+    import docker
+
+    from caliban_flows.spec.errors import CalibanError
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as e:
+        raise CalibanError(
+            f"cannot reach a Docker engine ({e}); start one, or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+def engine_gpu(client, gpu: bool) -> bool:
+    """GPU mode only on an engine with NVIDIA's runtime; else CPU, with a warning (#96)."""
+    import sys
+
+    if gpu and not LocalDocker(client).has_nvidia():
+        print("warning: this Docker engine has no NVIDIA runtime; using CPU mode", file=sys.stderr)
+        return False
+    return gpu
+
+
+def local_attempts(client, xgroup: str) -> dict[str, int]:
+    """The newest attempt of each job of the group on this engine."""
+    latest: dict[str, int] = {}
+    for job in LocalDocker(client).poll(xgroup):
+        latest[job.key] = max(latest.get(job.key, 0), job.attempt)
+    return latest
