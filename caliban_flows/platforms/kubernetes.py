@@ -292,13 +292,14 @@ class Kubernetes:
         return list(results)
 
     async def _create(self, limiter, threads, request: JobRequest) -> RemoteJob:
-        api_exception = kube_client.api_exception()
         from tenacity import (
             AsyncRetrying,
             retry_if_exception,
             stop_after_delay,
             wait_random_exponential,
         )
+
+        api_exception = kube_client.api_exception()
 
         body = self.manifest(request)
         name = body["metadata"]["name"]

@@ -17,6 +17,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 
+from caliban_flows.platforms import vertex_client
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
 from caliban_flows.spec import vertex_job as vj
 
@@ -124,35 +125,31 @@ class Vertex:
 
     def client(self):
         if self._sync is None:
-            from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
-
+            service = vertex_client.job_service()
             if self.endpoint:
                 import grpc
-                from google.cloud.aiplatform_v1.services.job_service.transports.grpc import (
-                    JobServiceGrpcTransport,
-                )
 
                 channel = grpc.insecure_channel(self.endpoint)
-                self._sync = JobServiceClient(transport=JobServiceGrpcTransport(channel=channel))
+                transport = service.JobServiceGrpcTransport(channel=channel)
+                self._sync = service.JobServiceClient(transport=transport)
             else:
                 options = {"api_endpoint": f"{self.region}-aiplatform.googleapis.com"}
-                self._sync = JobServiceClient(credentials=self.credentials, client_options=options)
+                self._sync = service.JobServiceClient(
+                    credentials=self.credentials, client_options=options
+                )
         return self._sync
 
     def async_client(self):
         """A new async client; create it inside the event loop that will use it."""
-        from google.cloud.aiplatform_v1.services.job_service import JobServiceAsyncClient
-
+        service = vertex_client.job_service()
         if self.endpoint:
             import grpc
-            from google.cloud.aiplatform_v1.services.job_service.transports.grpc_asyncio import (
-                JobServiceGrpcAsyncIOTransport,
-            )
 
             channel = grpc.aio.insecure_channel(self.endpoint)
-            return JobServiceAsyncClient(transport=JobServiceGrpcAsyncIOTransport(channel=channel))
+            transport = service.JobServiceGrpcAsyncIOTransport(channel=channel)
+            return service.JobServiceAsyncClient(transport=transport)
         options = {"api_endpoint": f"{self.region}-aiplatform.googleapis.com"}
-        return JobServiceAsyncClient(credentials=self.credentials, client_options=options)
+        return service.JobServiceAsyncClient(credentials=self.credentials, client_options=options)
 
     # -- the platform protocol -------------------------------------------------------------
 
@@ -258,7 +255,6 @@ class Vertex:
 
     async def _create(self, client, limiter, request: JobRequest) -> RemoteJob:
         from google.api_core.retry_async import AsyncRetry
-        from google.cloud import aiplatform_v1
 
         labels = vj.job_labels(
             request.labels,
@@ -274,7 +270,7 @@ class Vertex:
             labels=labels,
             placement=self.placement,
         )
-        job = aiplatform_v1.CustomJob(spec)
+        job = vertex_client.job_service().CustomJob(spec)
         mine = group_filter(
             request.xgroup,
             f'labels.{vj.JOB_KEY_LABEL}="{request.key}"',
