@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from caliban_flows import submission as sub
+from caliban_flows.cli.interrupt import EXIT_CODE, exit_even_if_stuck
 from caliban_flows.platforms.local import docker_client, engine_gpu, local_attempts
 from caliban_flows.spec.errors import CalibanError, SpecError
 from caliban_flows.spec.jobspec import job_records
@@ -148,39 +149,63 @@ def run_group(
     )
     if limit is not None:
         ensure_limit(limit)
-    try:
-        with (
-            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-            tags(*group_tags(xgroup, platform, limit)),
-        ):
-            state = flow(
-                xgroup=xgroup,
-                platform=platform,
-                jobs=jobs,
-                command=command,
-                image=image,
-                build=build,
-                parallel=parallel,
-                vertex=vertex,
-                wait=wait,
-                limit=limit,
-                cluster=cluster,
-                return_state=True,
-            )
-    except KeyboardInterrupt:
-        if platform != "local":  # what was submitted runs on; submitting again adds the rest
-            print(f"\ninterrupted: run the same command again to submit the rest of xgroup "
-                  f"{xgroup!r}, or stop it with: caliban stop --xgroup {xgroup}",
-                  file=sys.stderr)  # fmt: skip
-            return 130
-        if "id" in LAST_RUN:
-            mark_stopped(LAST_RUN["id"])
-        print(f"\nstopped: the running jobs of xgroup {xgroup!r} were stopped", file=sys.stderr)
-        return 130
+    keys = {job["key"] for job in jobs}
+    with exit_even_if_stuck(lambda: _stop_when_stuck(xgroup, platform, keys, LAST_RUN.get("id"))):
+        try:
+            with (
+                temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+                tags(*group_tags(xgroup, platform, limit)),
+            ):
+                state = flow(
+                    xgroup=xgroup,
+                    platform=platform,
+                    jobs=jobs,
+                    command=command,
+                    image=image,
+                    build=build,
+                    parallel=parallel,
+                    vertex=vertex,
+                    wait=wait,
+                    limit=limit,
+                    cluster=cluster,
+                    return_state=True,
+                )
+        except KeyboardInterrupt:
+            if platform == "local" and "id" in LAST_RUN:
+                mark_stopped(LAST_RUN["id"])
+            print(_interrupted(xgroup, platform), file=sys.stderr)
+            return EXIT_CODE
     if platform != "local" and not wait and state.is_completed():
         mark_submitted(LAST_RUN["id"], state.message)
     print(f"xgroup {xgroup!r}: {_one_line(state.message or state.name)}", file=sys.stderr)
     return 0 if state.is_completed() else 1
+
+
+def _interrupted(xgroup: str, platform: str) -> str:
+    if platform == "local":
+        return f"\nstopped: the running jobs of xgroup {xgroup!r} were stopped"
+    # What was submitted runs on; submitting again adds the rest.
+    return (f"\ninterrupted: run the same command again to submit the rest of xgroup "
+            f"{xgroup!r}, or stop it with: caliban stop --xgroup {xgroup}")  # fmt: skip
+
+
+def _stop_when_stuck(xgroup: str, platform: str, keys: set[str], flow_run_id: str | None):
+    """What a Ctrl-C still owes when Prefect hangs: local jobs stopped, the stop recorded."""
+    if platform == "local":
+        from caliban_flows.flows.experiment_group import stop_running
+        from caliban_flows.history import STOPPED_MESSAGE
+
+        stop_running(xgroup, keys)
+        if flow_run_id is not None:
+            from prefect.settings import PREFECT_API_URL
+
+            from caliban_flows import prefect_api
+
+            state = {"type": "CANCELLED", "message": STOPPED_MESSAGE}
+            with prefect_api.client(PREFECT_API_URL.value(), timeout=5.0) as http:
+                http.post(f"/flow_runs/{flow_run_id}/set_state", json={"state": state,
+                          "force": True}).raise_for_status()  # fmt: skip
+    print(_interrupted(xgroup, platform), file=sys.stderr)
 
 
 def _one_line(text: str) -> str:

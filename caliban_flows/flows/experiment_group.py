@@ -63,7 +63,7 @@ def experiment_group(
     try:
         states = _run_all(requests, parallel, limit["name"] if limit else None)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
-        _cancel_running(xgroup, {r.key for r in requests})
+        stop_running(xgroup, {r.key for r in requests})
         raise
     _publish(xgroup)
     if _stopped():  # `caliban stop` cancelled this run: keep it cancelled, not failed
@@ -135,7 +135,7 @@ def _publish(xgroup: str) -> None:
         print(f"warning: the jobs table was not published: {e}", file=sys.stderr)
 
 
-def _cancel_running(xgroup: str, keys: set[str]) -> None:
+def stop_running(xgroup: str, keys: set[str]) -> None:
     from caliban_flows.platforms.local import LocalDocker
 
     local = LocalDocker()

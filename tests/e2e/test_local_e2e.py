@@ -206,6 +206,8 @@ def test_ctrl_c_stops_the_container_and_marks_the_job_stopped(cli, project, dock
     try:
         running.send_signal(signal.SIGINT)
         assert running.wait(timeout=60) == 130
+        said = running.stderr.read()
+        assert f"stopped: the running jobs of xgroup {xgroup!r} were stopped" in said
         job = status(cli, xgroup)[0]
         assert job["state"] == "STOPPED"
         labels = {"label": f"caliban.xgroup={xgroup}"}
