@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -202,8 +203,6 @@ def docker_client():
 
 def engine_gpu(client, gpu: bool) -> bool:
     """GPU mode only on an engine with NVIDIA's runtime; else CPU, with a warning (#96)."""
-    import sys
-
     if gpu and not LocalDocker(client).has_nvidia():
         print("warning: this Docker engine has no NVIDIA runtime; using CPU mode", file=sys.stderr)
         return False
