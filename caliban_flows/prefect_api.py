@@ -55,6 +55,12 @@ def _api_url() -> str:
     return PREFECT_API_URL.value()
 
 
+def set_state(http: httpx.Client, flow_run_id: str, state: dict) -> None:
+    """Force a flow run's state (`type`, `message`, `data` ...): what caliban saw happen."""
+    body = {"state": state, "force": True}
+    http.post(f"/flow_runs/{flow_run_id}/set_state", json=body).raise_for_status()
+
+
 def client(url: str | None = None, *, timeout: float = 30.0) -> httpx.Client:
     """An httpx client on the Prefect API at `url` (default: PREFECT_API_URL)."""
     url = url or _api_url()

@@ -7,11 +7,12 @@ API with httpx: no `prefect` import, which keeps `caliban status` well under a s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from caliban_flows import artifacts
+from caliban_flows import artifacts, prefect_api
 from caliban_flows.history import (
     ACTIVE_RUN_STATES,
+    STOPPED_MESSAGE,
     GroupRun,
     final_data,
     job_rows,
@@ -135,8 +136,7 @@ def reconcile(
             state = {"type": s.state, "message": s.message}
             if s.final is not None:
                 state["data"] = final_data(s.final)
-            body = {"state": state, "force": True}
-            http.post(f"/flow_runs/{s.run.flow_run_id}/set_state", json=body).raise_for_status()
+            prefect_api.set_state(http, s.run.flow_run_id, state)
     just_settled = {s.run.flow_run_id for s in settled}
     limits = {
         r.limit["name"]
@@ -157,6 +157,12 @@ def reconcile(
         if run.flow_run_id in just_settled or (publish_all and run.state in ACTIVE_RUN_STATES):
             publish_run(http, run, rows)
     return runs, rows
+
+
+def mark_stopped(http, flow_run_ids: Iterable[str]) -> None:
+    """Record runs as stopped (Cancelled), also over the Crashed state an interrupt leaves."""
+    for flow_run_id in flow_run_ids:
+        prefect_api.set_state(http, flow_run_id, {"type": "CANCELLED", "message": STOPPED_MESSAGE})
 
 
 def publish_run(http, run: GroupRun, rows: list[dict]) -> None:

@@ -140,7 +140,6 @@ def run_group(
         LAST_RUN,
         experiment_group,
         group_tags,
-        mark_stopped,
         mark_submitted,
     )
 
@@ -171,8 +170,8 @@ def run_group(
                     return_state=True,
                 )
         except KeyboardInterrupt:
-            if platform == "local" and "id" in LAST_RUN:
-                mark_stopped(LAST_RUN["id"])
+            if platform == "local":
+                _record_stop(LAST_RUN.get("id"))
             print(_interrupted(xgroup, platform), file=sys.stderr)
             return EXIT_CODE
     if platform != "local" and not wait and state.is_completed():
@@ -189,22 +188,23 @@ def _interrupted(xgroup: str, platform: str) -> str:
             f"{xgroup!r}, or stop it with: caliban stop --xgroup {xgroup}")  # fmt: skip
 
 
+def _record_stop(flow_run_id: str | None) -> None:
+    """The stopped run as Cancelled, over REST: Prefect's own client may be what hangs."""
+    if flow_run_id is not None:
+        from caliban_flows import prefect_api
+        from caliban_flows.reconcile import mark_stopped
+
+        with prefect_api.client(timeout=5.0) as http:
+            mark_stopped(http, [flow_run_id])
+
+
 def _stop_when_stuck(xgroup: str, platform: str, keys: set[str], flow_run_id: str | None):
     """What a Ctrl-C still owes when Prefect hangs: local jobs stopped, the stop recorded."""
     if platform == "local":
         from caliban_flows.flows.experiment_group import stop_running
-        from caliban_flows.history import STOPPED_MESSAGE
 
         stop_running(xgroup, keys)
-        if flow_run_id is not None:
-            from prefect.settings import PREFECT_API_URL
-
-            from caliban_flows import prefect_api
-
-            state = {"type": "CANCELLED", "message": STOPPED_MESSAGE}
-            with prefect_api.client(PREFECT_API_URL.value(), timeout=5.0) as http:
-                http.post(f"/flow_runs/{flow_run_id}/set_state", json={"state": state,
-                          "force": True}).raise_for_status()  # fmt: skip
+        _record_stop(flow_run_id)
     print(_interrupted(xgroup, platform), file=sys.stderr)
 
 

@@ -164,18 +164,15 @@ def stop(
 
 
 def _stop(runs, active: list[dict]) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled
-
-    from caliban_flows.history import STOPPED_MESSAGE
+    from caliban_flows import prefect_api
+    from caliban_flows.reconcile import mark_stopped
+    from caliban_flows.tasks.credentials import platforms as make_platforms
 
     # Mark first, so the flow (if still running) sees it and starts nothing more.
     run_ids = dict.fromkeys(r["flow_run_id"] for r in active)
-    with get_client(sync_client=True) as client:
-        for run_id in run_ids:
-            client.set_flow_run_state(run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
+    with prefect_api.client() as http:
+        mark_stopped(http, run_ids)
     by_id = {run.flow_run_id: run for run in runs}
-    from caliban_flows.tasks.credentials import platforms as make_platforms
 
     platforms = make_platforms()
     for run_id in run_ids:

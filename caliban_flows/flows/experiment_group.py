@@ -144,14 +144,6 @@ def stop_running(xgroup: str, keys: set[str]) -> None:
     )
 
 
-def mark_stopped(flow_run_id: str) -> None:
-    """Record a stopped run as Cancelled, also over the Crashed state an interrupt leaves."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run_id, Cancelled(message=STOPPED_MESSAGE), force=True)
-
-
 def mark_submitted(flow_run_id: str, message: str | None) -> None:
     """Keep a remote group's run RUNNING while its jobs run remotely: cancellable in the UI."""
     from prefect.client.orchestration import get_client
