@@ -135,12 +135,12 @@ def _target(
     config_dict = _kube_config(block)
     context = context or defaults.get("context")
     try:
+        entries, current = kc.contexts(kubeconfig, config_dict)
         if cluster_name and not context:
-            entries, _ = kc.contexts(kubeconfig, config_dict)
             names = [str(e.get("name")) for e in entries]
             context = _gke_context(cluster_name, project_id, zone, names)
-        context, namespace = kc.resolve(
-            context, namespace or defaults.get("namespace"), kubeconfig, config_dict
+        context, namespace = kc.choose(
+            entries, current, context, namespace or defaults.get("namespace")
         )
     except kc.KubeconfigError as e:
         raise SpecError(str(e)) from None

@@ -48,15 +48,11 @@ def contexts(config_file: str | None = None, config_dict: dict | None = None):
     return list(found.values()), current
 
 
-def resolve(
-    context: str | None,
-    namespace: str | None,
-    config_file: str | None = None,
-    config_dict: dict | None = None,
+def choose(
+    entries: list[dict], current: str | None, context: str | None, namespace: str | None
 ) -> tuple[str | None, str]:
-    """The context and namespace a submission goes to: flags, else the kubeconfig's current
-    context and its namespace, else `default`."""
-    entries, current = contexts(config_file, config_dict)
+    """The context and namespace a submission goes to, from what `contexts()` read: flags,
+    else the kubeconfig's current context and its namespace, else `default`."""
     name = context or current
     chosen = next((c for c in entries if c.get("name") == name), None)
     if context and chosen is None:

@@ -145,13 +145,13 @@ class Kubernetes:
         }
 
     def _context_and_namespace(self, context: str | None) -> tuple[str | None, str | None]:
-        """The same resolution as --dry_run's (kubeconfig.resolve), but a kubeconfig with no
+        """The same resolution as --dry_run's (kubeconfig.choose), but a kubeconfig with no
         context to use is an error here: jobs must go somewhere."""
         from caliban_flows.platforms import kubeconfig as kc
 
         try:
-            entries, _ = kc.contexts(self.config_file, self.config_dict)
-            chosen, namespace = kc.resolve(context, None, self.config_file, self.config_dict)
+            entries, current = kc.contexts(self.config_file, self.config_dict)
+            chosen, namespace = kc.choose(entries, current, context, None)
         except kc.KubeconfigError as e:
             raise RuntimeError(str(e)) from None
         if not entries or chosen is None:

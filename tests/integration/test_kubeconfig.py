@@ -23,12 +23,16 @@ def write(path, contexts, current=None):
     return path
 
 
+def resolve(context, namespace, config_file=None):
+    return kc.choose(*kc.contexts(config_file), context, namespace)
+
+
 def test_flags_then_the_current_context_then_default(tmp_path, monkeypatch):
     config = write(tmp_path / "a", [("dev", "research"), ("prod", None)], current="dev")
     monkeypatch.setenv("KUBECONFIG", str(config))
-    assert kc.resolve(None, None) == ("dev", "research")
-    assert kc.resolve("prod", None) == ("prod", "default")
-    assert kc.resolve("dev", "other") == ("dev", "other")
+    assert resolve(None, None) == ("dev", "research")
+    assert resolve("prod", None) == ("prod", "default")
+    assert resolve("dev", "other") == ("dev", "other")
 
 
 def test_kubeconfig_lists_merge_and_the_first_wins(tmp_path, monkeypatch):
@@ -37,15 +41,15 @@ def test_kubeconfig_lists_merge_and_the_first_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", f"{first}:{tmp_path / 'missing'}:{second}")
     entries, current = kc.contexts()
     assert [e["name"] for e in entries] == ["dev", "gke_p_us-central1_c1"]
-    assert current == "dev" and kc.resolve(None, None) == ("dev", "one")
+    assert current == "dev" and resolve(None, None) == ("dev", "one")
 
 
 def test_bad_input_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(write(tmp_path / "a", [("dev", None)])))
     with pytest.raises(kc.KubeconfigError, match=r"no context 'nope' .*it has: dev"):
-        kc.resolve("nope", None)
+        resolve("nope", None)
     with pytest.raises(kc.KubeconfigError, match="not found"):
-        kc.resolve(None, None, config_file=str(tmp_path / "absent"))
+        resolve(None, None, config_file=str(tmp_path / "absent"))
     (tmp_path / "broken").write_text("contexts: [\n")
     with pytest.raises(kc.KubeconfigError, match="not readable"):
         kc.contexts(str(tmp_path / "broken"))
@@ -53,4 +57,4 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch):
 
 def test_no_kubeconfig_at_all_is_the_default_namespace(tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
-    assert kc.resolve(None, None) == (None, "default")
+    assert resolve(None, None) == (None, "default")
