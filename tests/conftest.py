@@ -54,6 +54,18 @@ def caliban_runner(cwd: Path, env: dict):
     return run
 
 
+def fresh_python(code: str, *argv: str, timeout: float = 120):
+    """The JSON that `code`, run in a new interpreter with `argv`, prints on its last line: for
+    tests of what a process imports."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2):
     """Poll until `predicate()` is truthy and return it; fail the test after `timeout` s."""
     deadline = time.monotonic() + timeout

@@ -86,6 +86,18 @@ def sweep(project: Path, n: int) -> None:
     (project / "exp.json").write_text(json.dumps({"i": list(range(n))}))
 
 
+def submit_held(simulated, project: Path, n: int, prefix: str, *flags: str):
+    """A sweep of `n` jobs submitted while the emulator holds Jobs running: (xgroup, result)."""
+    emulator, cli = simulated
+    emulator.hold(True)
+    sweep(project, n)
+    xgroup = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    done = cli(*SUBMIT, "--image_tag", IMAGE, "--xgroup", xgroup, *flags, "--experiment_config",
+               "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return xgroup, done
+
+
 def group_jobs(emulator: K8sEmulator, xgroup: str) -> list[dict]:
     from caliban_flows.spec import k8s_job as kj
 
@@ -194,12 +206,7 @@ def test_a_job_that_ended_while_nothing_watched_shows_its_truth(simulated, proje
 
 def test_stop_deletes_the_jobs(simulated, project):
     emulator, cli = simulated
-    emulator.hold(True)
-    sweep(project, 3)
-    xgroup = f"ks-{uuid.uuid4().hex[:8]}"
-    done = cli(*SUBMIT, "--image_tag", IMAGE, "--xgroup", xgroup, "--experiment_config",
-               "exp.json", "trainer.train")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    xgroup, _ = submit_held(simulated, project, 3, "ks")
     assert len(group_jobs(emulator, xgroup)) == 3
     stop = cli("stop", "--xgroup", xgroup, "--yes")
     assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -210,12 +217,7 @@ def test_stop_deletes_the_jobs(simulated, project):
 
 def test_cancelling_the_flow_run_in_prefect_deletes_the_jobs(simulated, project):
     emulator, cli = simulated
-    emulator.hold(True)
-    sweep(project, 2)
-    xgroup = f"ku-{uuid.uuid4().hex[:8]}"
-    done = cli(*SUBMIT, "--image_tag", IMAGE, "--xgroup", xgroup, "--experiment_config",
-               "exp.json", "trainer.train")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    xgroup, _ = submit_held(simulated, project, 2, "ku")
     run_id = status(cli, xgroup)[0]["flow_run_id"]
     body = {"state": {"type": "CANCELLING", "message": "cancelled in the UI"}, "force": True}
     httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=10)
@@ -318,12 +320,7 @@ def test_a_kubeconfig_kept_in_a_prefect_block_is_used_and_never_shown(simulated,
 
 def test_max_running_caps_a_cluster_group(simulated, project):
     emulator, cli = simulated
-    emulator.hold(True)
-    sweep(project, 3)
-    xgroup = f"kc-{uuid.uuid4().hex[:6]}"
-    done = cli(*SUBMIT, "--image_tag", IMAGE, "--xgroup", xgroup, "--max_running", "2",
-               "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    xgroup, done = submit_held(simulated, project, 3, "kc", "--max_running", "2")
     assert "2 jobs submitted to Kubernetes, 1 queued behind --max_running 2" in done.stderr
     assert len(group_jobs(emulator, xgroup)) == 2
     assert sorted(r["state"] for r in status(cli, xgroup))[0] == "QUEUED"

@@ -6,10 +6,9 @@ talks to the Kubernetes emulator through a real kubeconfig.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
+
+from tests.conftest import fresh_python
 
 SETUP = """
 import asyncio, json, sys
@@ -35,14 +34,7 @@ def loaded():
 
 def probe(tmp_path, body: str) -> dict:
     code = SETUP + textwrap.dedent(body) + "\nemu.stop()\nprint(json.dumps(out))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+    return fresh_python(code, str(tmp_path))
 
 
 def test_submit_and_poll_load_a_few_modules_and_no_models(tmp_path):

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from caliban_flows import prefect_api
+from tests.conftest import fresh_python
 
 
 @pytest.fixture
@@ -58,10 +59,6 @@ def test_a_server_that_stays_busy_gives_its_last_answer(server, monkeypatch):
 
 def test_httpx_comes_without_its_command_line_client(server):
     """A fresh interpreter: the client works, and httpx's CLI packages never load."""
-    import json
-    import subprocess
-    import sys
-
     url, seen, _ = server
     probe = (
         "import json, sys\n"
@@ -71,9 +68,5 @@ def test_httpx_comes_without_its_command_line_client(server):
         "cli = sorted({m.split('.')[0] for m in sys.modules} & {'click', 'rich', 'pygments'})\n"
         "print(json.dumps({'code': code, 'cli': cli, 'main': 'httpx._main' in sys.modules}))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, url], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"code": 200, "cli": [], "main": False}
+    assert fresh_python(probe, url) == {"code": 200, "cli": [], "main": False}
     assert seen == [("/api/flow_runs/filter", None)]

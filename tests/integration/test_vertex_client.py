@@ -6,14 +6,12 @@ talking to it, since what that interpreter imports is the thing under test.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from devtools.vertex_emulator import VertexEmulator
+from tests.conftest import fresh_python
 
 SETUP = """
 import asyncio, json, sys
@@ -38,12 +36,7 @@ def endpoint():
 
 
 def probe(endpoint: str, body: str) -> dict:
-    code = SETUP + textwrap.dedent(body) + "\nprint(json.dumps(out))\n"
-    done = subprocess.run(
-        [sys.executable, "-c", code, endpoint], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
+    return fresh_python(SETUP + textwrap.dedent(body) + "\nprint(json.dumps(out))\n", endpoint)
 
 
 def test_submit_and_poll_load_a_few_modules(endpoint):
