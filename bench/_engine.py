@@ -7,6 +7,7 @@ temporary CALIBAN_HOME and stops that home's Prefect server at the end.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -64,6 +65,18 @@ def run_out(cmd: list[str], **kwargs) -> tuple[float, str, str]:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
         raise RuntimeError(f"{Path(cmd[0]).name} exited {done.returncode}: {last}")
     return elapsed, done.stdout, done.stderr
+
+
+def time_status(xgroup: str, runs: int, **kwargs) -> tuple[list[float], list[list[dict]]]:
+    """`caliban status --xgroup X --format json`, `runs` times: the wall times, and the rows
+    each run printed."""
+    cmd = [CALIBAN, "status", "--xgroup", xgroup, "--format", "json"]
+    times, listed = [], []
+    for _ in range(runs):
+        t, out, _ = run_out(cmd, **kwargs)
+        times.append(t)
+        listed.append(json.loads(out))
+    return times, listed
 
 
 def stop_server(env: dict[str, str]) -> None:

@@ -173,12 +173,8 @@ def main() -> None:
             emu.latency = 0.0
             xgroup = f"bench-kst-{run_id}"
             E.run_out(submit_cmd(xgroup, "exp.json"), cwd=project, env=env)
-            status = [E.CALIBAN, "status", "--xgroup", xgroup, "--format", "json"]
-            running, states = [], Counter()
-            for _ in range(STATUS_RUNS):
-                t, out, _ = E.run_out(status, cwd=project, env=env)
-                running.append(t)
-                states = Counter(r["state"] for r in json.loads(out))
+            running, listed = E.time_status(xgroup, STATUS_RUNS, cwd=project, env=env)
+            states = Counter(r["state"] for r in listed[-1])
             check(
                 f"while running: {dict(states)}",
                 sum(states.values()) == JOBS and not states.keys() & {"SUCCEEDED", "FAILED"},
@@ -197,13 +193,10 @@ def main() -> None:
                 if all(any(c["type"] == "Complete" for c in cs) for cs in conditions):
                     break
                 time.sleep(0.1)
-            first, _, _ = E.run_out(status, cwd=project, env=env)
+            (first,), _ = E.time_status(xgroup, 1, cwd=project, env=env)
             lists_before = emu.calls()["list jobs"]
-            settled = []
-            for _ in range(STATUS_RUNS):
-                t, out, _ = E.run_out(status, cwd=project, env=env)
-                settled.append(t)
-                states = Counter(r["state"] for r in json.loads(out))
+            settled, listed = E.time_status(xgroup, STATUS_RUNS, cwd=project, env=env)
+            states = Counter(r["state"] for r in listed[-1])
             check(f"settled: {dict(states)}", states == Counter({"SUCCEEDED": JOBS}))
             check("settled status lists no Jobs", emu.calls()["list jobs"] == lists_before)
         finally:

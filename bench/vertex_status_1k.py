@@ -56,22 +56,14 @@ def main() -> None:
                                        env=env)  # fmt: skip
             if f"{JOBS} jobs submitted to Vertex AI" not in log:
                 raise RuntimeError(f"caliban cloud did not report {JOBS} submissions: {log}")
-            status = [E.CALIBAN, "status", "--xgroup", xgroup, "--format", "json"]
-            running, running_states = [], Counter()
-            for _ in range(RUNS):
-                t, out, _ = E.run_out(status, cwd=project, env=env)
-                running.append(t)
-                running_states = Counter(row["state"] for row in json.loads(out))
+            running, listed = E.time_status(xgroup, RUNS, cwd=project, env=env)
+            running_states = Counter(row["state"] for row in listed[-1])
             emu.hold(False)
             ended, remote_states = wait_until_ended(emu, xgroup)
             checks.group(xgroup, JOBS, *V.group_counts(emu, xgroup))
-            first, _, _ = E.run_out(status, cwd=project, env=env)
+            (first,), _ = E.time_status(xgroup, 1, cwd=project, env=env)
             lists_before = emu.calls()["ListCustomJobs"]
-            times, listed = [], []
-            for _ in range(RUNS):
-                t, out, _ = E.run_out(status, cwd=project, env=env)
-                times.append(t)
-                listed.append(json.loads(out))
+            times, listed = E.time_status(xgroup, RUNS, cwd=project, env=env)
             settled_lists = emu.calls()["ListCustomJobs"] - lists_before
         finally:
             E.stop_server(env)
