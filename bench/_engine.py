@@ -19,7 +19,7 @@ import _common as C
 REGISTRY = "127.0.0.1:5000"
 CALIBAN = str(C.OUR_BIN / "caliban")
 PYTHON = str(C.OUR_BIN / "python")
-STOP_SERVER = "from caliban_flows import backend; backend.stop()"
+STOP_SERVER = "from caliban_flows.server import backend; backend.stop()"
 
 
 def up():

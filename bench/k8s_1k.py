@@ -61,7 +61,7 @@ def requests(xgroup: str, n: int) -> list:
 
 
 def platform(kubeconfig: Path):
-    from caliban_flows.platforms.kubernetes import Kubernetes
+    from caliban_flows.platforms.kubernetes.adapter import Kubernetes
     from caliban_flows.spec import k8s_job as kj
 
     resources = kj.resources(min_cpu=None, min_mem=None)

@@ -25,7 +25,7 @@ N, RUNS, WARMUP = 10, 3, 1
 TARGET_JOB_S = 1.0  # seconds of overhead per job, warm
 TARGET_START_S = 3.0  # seconds for backend.api_url() in a fresh home
 API_URL = (
-    "from caliban_flows import backend; import time; t = time.perf_counter(); "
+    "from caliban_flows.server import backend; import time; t = time.perf_counter(); "
     "backend.api_url(); print(time.perf_counter() - t)"
 )
 

@@ -54,7 +54,7 @@ def main() -> None:
     info = E.up()
     client = info.client()
     os.environ.update(info.env())
-    from caliban_flows import backend
+    from caliban_flows.server import backend
     from caliban_flows.spec.jobspec import job_key
 
     xgroup = f"bench-status-{E.unique()[:8]}"

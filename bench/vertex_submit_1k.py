@@ -80,7 +80,7 @@ def job_requests(xgroup: str, n: int) -> list:
 
 def submit(endpoint: str, requests: list, max_qps: float) -> float:
     """Wall time of one `asyncio.run(Vertex(...).submit_all(...))`; checks every job came back."""
-    from caliban_flows.platforms.vertex import Vertex
+    from caliban_flows.platforms.vertex.adapter import Vertex
 
     vertex = Vertex(PROJECT, REGION, placement=placement(), endpoint=endpoint)
     start = time.perf_counter()

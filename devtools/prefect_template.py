@@ -3,7 +3,7 @@
 A fresh Prefect home spends most of its first start (about 8 of 12 s here) running Prefect's
 database migrations and registering block types. The result is the same on every machine
 for a given Prefect version, so we ship it, gzipped, and seed new homes with it
-(`caliban_flows.backend`). Run this again whenever the pinned Prefect version changes:
+(`caliban_flows.server.backend`). Run this again whenever the pinned Prefect version changes:
 
     .venv/bin/python -m devtools.prefect_template
 """

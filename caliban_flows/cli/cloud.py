@@ -7,10 +7,10 @@ from dataclasses import asdict
 
 import typer
 
-from caliban_flows import gcloud
-from caliban_flows import submission as sub
 from caliban_flows.cli import options as o
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
+from caliban_flows.plan import gcloud
+from caliban_flows.plan import project as sub
 
 
 def _block_settings(name: str | None) -> dict:
@@ -53,9 +53,9 @@ def cloud(
     pool: o.Pool = None,
 ) -> None:
     """Submit one Vertex AI training job per experiment."""
-    from caliban_flows.limits import record
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
+    from caliban_flows.state.limits import record
 
     defaults = _block_settings(vertex_block)
     gpu, tpu = sub.accelerators(nogpu, gpu_spec, tpu_spec)
@@ -100,7 +100,7 @@ def cloud(
     if image_tag is not None:  # bad input: say so before starting anything
         import os
 
-        from caliban_flows.platforms.vertex import ENDPOINT_ENV
+        from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
 
         vj.check_image_uri(image_tag, emulator=bool(os.environ.get(ENDPOINT_ENV)))
     from caliban_flows.cli.execute import run_cloud

@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from caliban_flows import submission as sub
 from caliban_flows.cli import options as o
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
+from caliban_flows.plan import project as sub
 from caliban_flows.spec.errors import CalibanError, SpecError
 
 EXPORT_SUFFIXES = (".yaml", ".yml", ".json")
@@ -78,7 +78,7 @@ def _kube_config(block: str | None) -> dict | None:
 
 def _gke_context(cluster_name: str, project: str | None, zone: str | None, names) -> str:
     """The kubeconfig context `gcloud container clusters get-credentials` made for it."""
-    from caliban_flows.platforms.kubernetes import gke_of
+    from caliban_flows.platforms.kubernetes.adapter import gke_of
 
     found = [
         name
@@ -110,7 +110,7 @@ class Target:
 
     def connect(self, resources=None):
         """The Kubernetes platform, its kubeconfig loaded by the client's own loader."""
-        from caliban_flows.platforms.kubernetes import Kubernetes
+        from caliban_flows.platforms.kubernetes.adapter import Kubernetes
 
         try:
             return Kubernetes(
@@ -129,7 +129,7 @@ def _target(
 ) -> Target:
     """Flags first, then the block, then the kubeconfig. Read without the Kubernetes client,
     so --dry_run stays light; a context that is not there is bad input."""
-    from caliban_flows.platforms import kubeconfig as kc
+    from caliban_flows.platforms.kubernetes import kubeconfig as kc
 
     defaults = _block_settings(block)
     config_dict = _kube_config(block)
@@ -156,7 +156,7 @@ def ls(
     kubeconfig: Kubeconfig = None,
 ) -> None:
     """List the clusters in your kubeconfig and, with a project, its GKE clusters."""
-    from caliban_flows.platforms import kube_client
+    from caliban_flows.platforms.kubernetes import client as kube_client
 
     config = kube_client.config()
     try:
@@ -177,7 +177,7 @@ def ls(
     project = project_id or sub.env_default("PROJECT_ID")
     if project is None:
         return
-    from caliban_flows.platforms.gke import Gke, GkeError, limits_of
+    from caliban_flows.platforms.kubernetes.gke import Gke, GkeError, limits_of
 
     try:
         clusters = Gke(project).clusters(zone or "-")
@@ -223,8 +223,8 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
 
 
 def _gke(project_id: str | None):
-    from caliban_flows import gcloud
-    from caliban_flows.platforms.gke import Gke
+    from caliban_flows.plan import gcloud
+    from caliban_flows.platforms.kubernetes.gke import Gke
 
     return Gke(gcloud.project_id(project_id))
 
@@ -248,7 +248,7 @@ def create(
     ] = False,
 ) -> None:
     """Create a GKE cluster with node autoprovisioning, its limits from your quota."""
-    from caliban_flows.platforms.gke import GkeError
+    from caliban_flows.platforms.kubernetes.gke import GkeError
     from caliban_flows.spec import gke as gs
 
     if not cluster_name:
@@ -301,7 +301,7 @@ def delete(
 ) -> None:
     """Delete a GKE cluster (running jobs die with it), after asking."""
     from caliban_flows.cli.history import _confirm
-    from caliban_flows.platforms.gke import GkeError
+    from caliban_flows.platforms.kubernetes.gke import GkeError
 
     gke = _gke(project_id)
     try:
@@ -415,10 +415,10 @@ def submit(
     wait: o.Wait = False,
 ) -> None:
     """Submit one Kubernetes Job per experiment."""
-    from caliban_flows.limits import record
-    from caliban_flows.platforms.kubernetes import gke_of, manifest_for
+    from caliban_flows.platforms.kubernetes.adapter import gke_of, manifest_for
     from caliban_flows.spec import k8s_job as kj
     from caliban_flows.spec.jobspec import job_keys
+    from caliban_flows.state.limits import record
 
     # Cluster capacity, not Vertex's catalog, bounds counts here; the type must still exist.
     gpu, tpu = sub.accelerators(nogpu, gpu_spec, tpu_spec, validate_count=False)
@@ -507,7 +507,7 @@ def submit(
 
 def _check_gpu_limits(gke: dict, gpu) -> None:
     """Caliban refused GPUs the GKE cluster could never provision."""
-    from caliban_flows.platforms.gke import Gke, GkeError, limits_of
+    from caliban_flows.platforms.kubernetes.gke import Gke, GkeError, limits_of
     from caliban_flows.spec import gke as gs
     from caliban_flows.spec.k8s_job import gke_accelerator
 
@@ -551,7 +551,7 @@ def submit_file(
     cluster_block: ClusterBlock = None,
 ) -> None:
     """Submit a Job manifest you wrote or exported, after checking it."""
-    from caliban_flows.platforms.kubernetes import console_url
+    from caliban_flows.platforms.kubernetes.adapter import console_url
     from caliban_flows.spec.k8s_job import check_job_file
 
     manifest = check_job_file(_load_manifest(job_file), job_file)
@@ -583,8 +583,8 @@ def submit_file(
 
 
 def _api_error(error: BaseException, what: str) -> Exception:
-    from caliban_flows.platforms import kube_client
-    from caliban_flows.platforms.kubernetes import describe
+    from caliban_flows.platforms.kubernetes import client as kube_client
+    from caliban_flows.platforms.kubernetes.adapter import describe
 
     if isinstance(error, kube_client.api_exception()) and error.status in (400, 409, 422):
         return SpecError(f"{what}: {describe(error)}")

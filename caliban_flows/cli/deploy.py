@@ -235,7 +235,7 @@ def _describe(deployment: dict) -> list[str]:
 
 
 def _hints(url: str, pools: list[str]) -> None:
-    from caliban_flows import backend
+    from caliban_flows.server import backend
 
     say = ", ".join(pools)
     print(
@@ -250,7 +250,7 @@ def _hints(url: str, pools: list[str]) -> None:
         print(
             f"note: caliban's local Prefect server stops after {idle:g} idle minutes, and with "
             "it schedules and triggers: for deployments, start it with "
-            "CALIBAN_SERVER_IDLE_MINUTES=0 (after `python -m caliban_flows.backend stop`), "
+            "CALIBAN_SERVER_IDLE_MINUTES=0 (after `python -m caliban_flows.server.backend stop`), "
             "or use your own PREFECT_API_URL",
             file=sys.stderr,
         )
@@ -320,8 +320,8 @@ def _split_reference(reference: str) -> tuple[str, str]:
 
 
 def _emit_image_pushed(reference: str, local_tag: str | None) -> bool:
-    from caliban_flows import backend
     from caliban_flows.lean_httpx import httpx
+    from caliban_flows.server import backend
 
     known = backend.status()
     if not known["running"]:

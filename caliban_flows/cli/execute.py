@@ -6,9 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from caliban_flows import submission as sub
 from caliban_flows.cli.interrupt import EXIT_CODE, exit_even_if_stuck
-from caliban_flows.platforms.local import docker_client, engine_gpu, local_attempts
+from caliban_flows.plan import project as sub
+from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts
 from caliban_flows.spec.errors import CalibanError, SpecError
 from caliban_flows.spec.jobspec import job_records
 
@@ -52,7 +52,7 @@ def push_here(tag: str, target) -> str:
 
 def check_external_api() -> None:
     """Fail fast, before anything is built or submitted, when PREFECT_API_URL does not answer."""
-    from caliban_flows import backend
+    from caliban_flows.server import backend
 
     known = backend.status()
     if known["mode"] == "external" and not known["running"]:
@@ -73,7 +73,7 @@ def prefect_ready(*preload: str) -> str:
     import importlib
     import time
 
-    from caliban_flows import backend
+    from caliban_flows.server import backend
 
     # Quiet on the terminal (caliban prints outcomes itself), but the runs keep their logs.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
@@ -191,8 +191,8 @@ def _interrupted(xgroup: str, platform: str) -> str:
 def _record_stop(flow_run_id: str | None) -> None:
     """The stopped run as Cancelled, over REST: Prefect's own client may be what hangs."""
     if flow_run_id is not None:
-        from caliban_flows import prefect_api
-        from caliban_flows.reconcile import mark_stopped
+        from caliban_flows.state import prefect_api
+        from caliban_flows.state.reconcile import mark_stopped
 
         with prefect_api.client(timeout=5.0) as http:
             mark_stopped(http, [flow_run_id])
@@ -215,7 +215,7 @@ def _one_line(text: str) -> str:
 
 def start_backend_early() -> None:
     """Let the Prefect server start (5-15 s when cold) while the image builds."""
-    from caliban_flows import backend
+    from caliban_flows.server import backend
 
     try:
         backend.start_in_background()
@@ -227,7 +227,7 @@ def ensure_limit(limit: dict) -> None:
     """Create the group's Prefect concurrency limit, or set its cap, before the run starts."""
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows.limits import LimitError, ensure_at
+    from caliban_flows.state.limits import LimitError, ensure_at
 
     try:
         ensure_at(PREFECT_API_URL.value(), limit)
@@ -280,7 +280,7 @@ def cloud_image(dockerfile: str, *, project: str, region: str, image_tag: str | 
                 registry_block: str | None = None) -> str:  # fmt: skip
     """The image Vertex will pull: --image_tag as given, else built here and pushed."""
     from caliban_flows.cli.registry import PushTarget, push_target
-    from caliban_flows.platforms.vertex import ENDPOINT_ENV
+    from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
     from caliban_flows.spec.vertex_job import check_image_uri
 
     emulator = bool(os.environ.get(ENDPOINT_ENV))

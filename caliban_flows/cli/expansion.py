@@ -11,7 +11,7 @@ import sys
 
 from caliban_flows import __version__
 from caliban_flows.cli.flagfile import expand_flagfiles
-from caliban_flows.inputs import load_experiment_config
+from caliban_flows.plan.inputs import load_experiment_config
 from caliban_flows.spec.errors import SpecError
 
 PROG = "expansion"

@@ -24,10 +24,11 @@ class Format(str, Enum):
 
 
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
-    from caliban_flows import backend, prefect_api
     from caliban_flows.cli.execute import prefect_ready
     from caliban_flows.lean_httpx import httpx
-    from caliban_flows.reconcile import PlatformError, reconcile
+    from caliban_flows.server import backend
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.reconcile import PlatformError, reconcile
     from caliban_flows.tasks.credentials import platforms
 
     known = backend.status()
@@ -45,7 +46,7 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
 
 def _limit(rows: list[dict], xgroup: str | None, max_jobs: int | None) -> list[dict]:
     """Caliban's --max_jobs: per experiment with --xgroup (default 1), else overall (8)."""
-    from caliban_flows.history import latest_attempts
+    from caliban_flows.state.groups import latest_attempts
 
     if xgroup is None:
         n = 8 if max_jobs is None else max_jobs
@@ -164,8 +165,8 @@ def stop(
 
 
 def _stop(runs, active: list[dict]) -> None:
-    from caliban_flows import prefect_api
-    from caliban_flows.reconcile import mark_stopped
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.reconcile import mark_stopped
     from caliban_flows.tasks.credentials import platforms as make_platforms
 
     # Mark first, so the flow (if still running) sees it and starts nothing more.
@@ -235,7 +236,7 @@ def _rebuild_recipe(recipe: dict) -> str:
     import os
     from pathlib import Path
 
-    from caliban_flows import submission as sub
+    from caliban_flows.plan import project as sub
 
     root = Path(recipe["root"])
     if not root.is_dir():
@@ -258,7 +259,7 @@ def _resubmit_remote(runs, wanted: list[dict]) -> int:
         cluster_push_target,
         run_group,
     )
-    from caliban_flows.platforms.kubernetes import gke_of
+    from caliban_flows.platforms.kubernetes.adapter import gke_of
 
     check_external_api()
     last = runs[-1]

@@ -9,11 +9,11 @@ from typing import Annotated
 
 import typer
 
-from caliban_flows import submission as sub
 from caliban_flows.cli import options as o
 from caliban_flows.cli.interactive import credential_args, docker_argv, free_port, hand_over
 from caliban_flows.cli.output import emit
 from caliban_flows.cli.registry import require_push_target
+from caliban_flows.plan import project as sub
 from caliban_flows.spec.errors import SpecError
 
 
@@ -25,7 +25,7 @@ def _session_image(
     On an engine without NVIDIA's runtime, GPU mode falls back to the CPU image.
     """
     from caliban_flows.cli.execute import build_here
-    from caliban_flows.platforms.local import docker_client, engine_gpu
+    from caliban_flows.platforms.local.adapter import docker_client, engine_gpu
 
     nvidia = engine_gpu(docker_client(), gpu)
     if gpu and not nvidia and image_id is None:
@@ -182,7 +182,7 @@ def run(
     pool: o.Pool = None,
 ) -> None:
     """Run the code in a local Docker container, one job per experiment."""
-    from caliban_flows.limits import record
+    from caliban_flows.state.limits import record
 
     gpu = sub.gpu_mode(nogpu, None, None)
     sub.check_local_gpu("run", gpu)

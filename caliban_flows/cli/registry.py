@@ -23,7 +23,7 @@ class PushTarget:
 
 def push_target(registry: str | None, registry_block: str | None) -> PushTarget | None:
     """The configured push target, or None when nothing names one."""
-    from caliban_flows.submission import load_calibanconfig
+    from caliban_flows.plan.project import load_calibanconfig
 
     if registry:
         return PushTarget(registry)

@@ -8,8 +8,8 @@ from prefect import flow
 from prefect.states import Cancelled, Completed, Failed
 from prefect.utilities.annotations import quote
 
-from caliban_flows.history import FLOW_NAME, STOPPED_MESSAGE
 from caliban_flows.platforms.base import JobRequest, JobState
+from caliban_flows.state.groups import FLOW_NAME, STOPPED_MESSAGE
 from caliban_flows.tasks.jobs import build_image, expand_sweep, run_job
 
 LAST_RUN: dict[str, str] = {}
@@ -17,7 +17,7 @@ LAST_RUN: dict[str, str] = {}
 
 def group_tags(xgroup: str, platform: str, limit: dict | None = None) -> list[str]:
     """Tags that find a group's flow runs again (Prefect filters tags server-side)."""
-    from caliban_flows.limits import limit_tag
+    from caliban_flows.state.limits import limit_tag
 
     capped = [limit_tag(limit["name"])] if limit else []
     return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}", *capped]
@@ -124,8 +124,8 @@ def _publish(xgroup: str) -> None:
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows import prefect_api
-    from caliban_flows.reconcile import publish_group
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.reconcile import publish_group
     from caliban_flows.tasks.credentials import platforms
 
     try:
@@ -136,7 +136,7 @@ def _publish(xgroup: str) -> None:
 
 
 def stop_running(xgroup: str, keys: set[str]) -> None:
-    from caliban_flows.platforms.local import LocalDocker
+    from caliban_flows.platforms.local.adapter import LocalDocker
 
     local = LocalDocker()
     local.cancel(

@@ -17,9 +17,9 @@ def reconcile_active_groups() -> str:
     """One round: reconcile each group that has a run not over yet."""
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows import prefect_api
-    from caliban_flows.history import active_xgroups
-    from caliban_flows.reconcile import PlatformError, reconcile
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.groups import active_xgroups
+    from caliban_flows.state.reconcile import PlatformError, reconcile
     from caliban_flows.tasks.credentials import platforms as make_platforms
 
     logger = get_run_logger()

@@ -111,7 +111,7 @@ def sweep(
 
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows.limits import ensure_at, record
+    from caliban_flows.state.limits import ensure_at, record
 
     limit = record(platform, group, options.get("max_running"), options.get("pool"))
     if limit is not None:
@@ -188,7 +188,7 @@ def _entrypoint(module: str, root: Path | None):
 
     Without a project folder a dotted name is a module and a path is a file, unchecked.
     """
-    from caliban_flows import submission as sub
+    from caliban_flows.plan import project as sub
     from caliban_flows.spec.entrypoint import resolve_entrypoint
 
     if root is not None:
@@ -205,11 +205,11 @@ def _entrypoint(module: str, root: Path | None):
 
 def _specs(*, xgroup: str, config, args: list[str], name: str | None, labels: dict,
            image: str | None, gpu: bool, tpu: bool) -> list:  # fmt: skip
-    from caliban_flows.inputs import current_user
+    from caliban_flows.plan.inputs import current_user
+    from caliban_flows.plan.project import PLACEHOLDER_IMAGE
     from caliban_flows.spec.experiment import ExperimentConfig
     from caliban_flows.spec.jobspec import default_job_name, job_specs
     from caliban_flows.spec.labels import parse_label
-    from caliban_flows.submission import PLACEHOLDER_IMAGE
 
     job_name = name or default_job_name(current_user())
     if not job_name.strip():
@@ -228,9 +228,9 @@ def _specs(*, xgroup: str, config, args: list[str], name: str | None, labels: di
 def _local(*, xgroup: str, module: str, config, args: list[str], name: str | None, labels: dict,
            image: str | None, build_context: str | None, options: dict) -> dict:  # fmt: skip
     """The group flow's parameters for the local engine, as `caliban run` makes them."""
-    from caliban_flows import submission as sub
+    from caliban_flows.plan import project as sub
     from caliban_flows.platforms.images import image_tag
-    from caliban_flows.platforms.local import docker_client, engine_gpu, local_attempts
+    from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts
     from caliban_flows.spec.jobspec import job_records
 
     client = docker_client()
@@ -274,9 +274,9 @@ def _vertex(*, xgroup: str, module: str, config, args: list[str], name: str | No
     """The group flow's parameters for Vertex AI, as `caliban cloud --image_tag` makes them."""
     from dataclasses import asdict
 
-    from caliban_flows import gcloud
-    from caliban_flows import submission as sub
-    from caliban_flows.platforms.vertex import ENDPOINT_ENV
+    from caliban_flows.plan import gcloud
+    from caliban_flows.plan import project as sub
+    from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
     from caliban_flows.spec.jobspec import job_records
@@ -344,8 +344,8 @@ def _kubernetes(*, xgroup: str, module: str, config, args: list[str], name: str 
                 labels: dict, image: str, options: dict) -> dict:  # fmt: skip
     """The group flow's parameters for Kubernetes, as `caliban cluster job submit
     --image_tag` makes them."""
-    from caliban_flows import submission as sub
-    from caliban_flows.platforms.kubernetes import Kubernetes
+    from caliban_flows.plan import project as sub
+    from caliban_flows.platforms.kubernetes.adapter import Kubernetes
     from caliban_flows.spec import k8s_job as kj
     from caliban_flows.spec.jobspec import job_records
     from caliban_flows.tasks.credentials import kube_config
@@ -420,8 +420,8 @@ def report_failures(flow_run_id: str) -> dict:
     from prefect.artifacts import create_markdown_artifact
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows import prefect_api
-    from caliban_flows.reconcile import reconcile
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.reconcile import reconcile
     from caliban_flows.tasks.credentials import platforms
 
     logger = get_run_logger()

@@ -26,6 +26,6 @@ def kube_config(cluster: dict) -> dict | None:
 
 def platforms():
     """One Platforms for a command or a service round, with the blocks' credentials."""
-    from caliban_flows.reconcile import Platforms
+    from caliban_flows.state.reconcile import Platforms
 
     return Platforms(vertex_credentials, kube_config)

@@ -39,7 +39,7 @@ def _engine():
 
 
 def _local():
-    from caliban_flows.platforms.local import LocalDocker
+    from caliban_flows.platforms.local.adapter import LocalDocker
 
     return LocalDocker(_engine())
 

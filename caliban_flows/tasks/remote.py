@@ -49,8 +49,8 @@ def fill_slots(limit: str) -> list[RemoteJob]:
     """Submit queued jobs of the limit's pool (this group's among them) into its free slots."""
     from prefect.settings import PREFECT_API_URL
 
-    from caliban_flows import prefect_api
-    from caliban_flows.limits import fill
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.limits import fill
 
     logger = get_run_logger()
     with prefect_api.client(PREFECT_API_URL.value()) as http:

@@ -48,7 +48,7 @@ def caliban_home(tmp_path_factory, docker_client):
     home = tmp_path_factory.mktemp("caliban-home-ui")
     yield home
     subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows import backend; backend.stop()"],
+        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
         env={**os.environ, "CALIBAN_HOME": str(home)},
         timeout=60,
     )
@@ -112,7 +112,7 @@ def test_the_prefect_ui_shows_the_group_its_jobs_and_artifacts(chromium, caliban
     ran = time.monotonic() - started
 
     where = subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows import backend; print(backend.api_url())"],
+        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; print(backend.api_url())"],
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     api = where.stdout.strip().rstrip("/")

@@ -135,7 +135,7 @@ def env(tmp_path_factory, docker_client, emulator) -> dict:
     env.pop("PREFECT_API_URL", None)
     yield env
     subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows import backend; backend.stop()"],
+        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
         env=env,
         timeout=60,
     )

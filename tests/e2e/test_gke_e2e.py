@@ -24,7 +24,7 @@ IMAGE = "127.0.0.1:5000/caliban-tests/gke:1"
 def caliban_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("gke-home")
     yield home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.backend", "stop"],
+    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
                    env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)  # fmt: skip
 
 

@@ -42,7 +42,7 @@ SUBMIT = ("cluster", "job", "submit", "--nogpu")
 def caliban_home(tmp_path_factory, docker_client):
     home = tmp_path_factory.mktemp("k8s-home")
     yield home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.backend", "stop"],
+    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
                    env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)  # fmt: skip
 
 
@@ -293,7 +293,7 @@ def test_a_kubeconfig_kept_in_a_prefect_block_is_used_and_never_shown(simulated,
     token = config["users"][0]["user"]["token"]
     save = (
         "import json, sys\n"
-        "from caliban_flows import backend; backend.use_backend()\n"
+        "from caliban_flows.server import backend; backend.use_backend()\n"
         "from prefect_kubernetes.credentials import KubernetesClusterConfig\n"
         "from caliban_flows.blocks.kubernetes import ClusterSettings\n"
         "kube = json.loads(sys.argv[1])\n"

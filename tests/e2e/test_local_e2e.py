@@ -36,7 +36,7 @@ def caliban_home(tmp_path_factory, docker_client):
     home = tmp_path_factory.mktemp("caliban-home")
     yield home
     subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows import backend; backend.stop()"],
+        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
         env={**os.environ, "CALIBAN_HOME": str(home)},
         timeout=60,
     )
@@ -272,7 +272,7 @@ def test_push_with_a_prefect_registry_block_never_shows_its_password(cli, projec
     space = f"blk{uuid.uuid4().hex[:8]}"
     password = f"pw-{uuid.uuid4().hex}"
     save = (
-        "from caliban_flows import backend; backend.use_backend()\n"
+        "from caliban_flows.server import backend; backend.use_backend()\n"
         "from prefect_docker.credentials import DockerRegistryCredentials as D\n"
         f"D(username='ci', password={password!r}, registry_url='127.0.0.1:5000/{space}')"
         f".save({space!r}, overwrite=True)\n"

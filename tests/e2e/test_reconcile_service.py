@@ -10,8 +10,8 @@ import uuid
 import httpx
 import pytest
 
-from caliban_flows.limits import limit_name
 from caliban_flows.spec import vertex_job as vj
+from caliban_flows.state.limits import limit_name
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, wait_for
 from tests.e2e.test_vertex_e2e import IMAGE, api_url, make_cli, status
@@ -21,7 +21,7 @@ from tests.e2e.test_vertex_e2e import IMAGE, api_url, make_cli, status
 def caliban_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("serve-home")
     yield home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.backend", "stop"],
+    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
                    env={"CALIBAN_HOME": str(home), "PATH": ""}, timeout=60)  # fmt: skip
 
 

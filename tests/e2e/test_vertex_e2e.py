@@ -39,7 +39,7 @@ def caliban_home(tmp_path_factory, docker_client):
     home = tmp_path_factory.mktemp("vertex-home")
     yield home
     subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows import backend; backend.stop()"],
+        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
         env={**os.environ, "CALIBAN_HOME": str(home)},
         timeout=60,
     )
@@ -87,7 +87,7 @@ def status(cli, xgroup: str) -> list[dict]:
 
 
 def api_url(cli) -> str:
-    code = "from caliban_flows import backend; print(backend.api_url())"
+    code = "from caliban_flows.server import backend; print(backend.api_url())"
     out = subprocess.run([str(BIN / "python"), "-c", code], env=cli.env, capture_output=True,
                          text=True, timeout=120, check=True)  # fmt: skip
     return out.stdout.strip()
@@ -298,7 +298,7 @@ def test_defaults_from_a_prefect_vertex_settings_block(simulated, project):
     emulator, cli = simulated
     name = f"vb-{uuid.uuid4().hex[:8]}"
     save = (
-        "from caliban_flows import backend; backend.use_backend()\n"
+        "from caliban_flows.server import backend; backend.use_backend()\n"
         "from caliban_flows.blocks.vertex import VertexSettings\n"
         f"VertexSettings(project='from-block', region='europe-west4', max_qps=50,"
         f" service_account='jobs@from-block.iam.gserviceaccount.com').save({name!r})\n"

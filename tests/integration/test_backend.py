@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from caliban_flows import backend
+from caliban_flows.server import backend
 
 PYTHON = sys.executable
 ENV_VARS = (
@@ -165,7 +165,7 @@ def test_first_use_starts_a_server_that_later_calls_reuse(home):
 
     # The server lives in the background after the command that started it has exited.
     done = subprocess.run(
-        [PYTHON, "-c", "from caliban_flows import backend; print(backend.use_backend())"],
+        [PYTHON, "-c", "from caliban_flows.server import backend; print(backend.use_backend())"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -247,7 +247,7 @@ def test_a_prefect_api_url_of_the_user_starts_nothing(home, monkeypatch, tmp_pat
 
 
 def test_two_commands_at_once_share_one_server(home):
-    script = "from caliban_flows import backend; print(backend.api_url(), backend.status()['pid'])"
+    script = "from caliban_flows.server import backend; print(backend.api_url(), backend.status()['pid'])"
     commands = [
         subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
         for _ in range(3)
@@ -294,7 +294,7 @@ def test_a_flow_run_with_tasks_lands_in_the_local_server(home):
     script = textwrap.dedent(
         f"""
         import asyncio, json
-        from caliban_flows import backend
+        from caliban_flows.server import backend
         url = backend.use_backend()
 
         from prefect import flow, task
@@ -371,7 +371,7 @@ def test_a_taken_port_is_reported_without_starting_anything(home, monkeypatch):
 
 def test_importing_the_backend_does_not_load_prefect():
     probe = (
-        "import sys, caliban_flows.backend\n"
+        "import sys, caliban_flows.server.backend\n"
         "heavy = ('prefect', 'fastapi', 'sqlalchemy', 'uvicorn')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
     )

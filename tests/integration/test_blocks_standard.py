@@ -36,7 +36,7 @@ class TestClusterSettings(BlockStandardTestSuite):
 def test_prefect_block_register_finds_our_blocks(tmp_path):
     env = {**os.environ, "CALIBAN_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_API_URL", None)
-    start = "from caliban_flows import backend; print(backend.use_backend())"
+    start = "from caliban_flows.server import backend; print(backend.use_backend())"
     url = subprocess.run([str(BIN / "python"), "-c", start], env=env, capture_output=True,
                          text=True, timeout=120, check=True).stdout.strip()  # fmt: skip
     try:
@@ -49,5 +49,5 @@ def test_prefect_block_register_finds_our_blocks(tmp_path):
         types = httpx.post(f"{url}/block_types/filter", json={}, timeout=10).json()
         assert {"caliban-vertex-settings", "caliban-cluster-settings"} <= {t["slug"] for t in types}
     finally:
-        subprocess.run([str(BIN / "python"), "-m", "caliban_flows.backend", "stop"], env=env,
+        subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"], env=env,
                        timeout=60)  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 
 from caliban_flows.platforms.base import JobRequest, JobState
 from caliban_flows.platforms.images import ImageError, build_image, push_image
-from caliban_flows.platforms.local import LocalDocker
+from caliban_flows.platforms.local.adapter import LocalDocker
 from caliban_flows.spec.dockerfile import DockerfileInputs, render_dockerfile
 from caliban_flows.spec.entrypoint import Entrypoint
 from caliban_flows.spec.jobspec import job_key

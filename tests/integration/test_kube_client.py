@@ -15,7 +15,7 @@ import asyncio, json, sys
 from pathlib import Path
 from devtools.k8s_emulator import K8sEmulator
 from caliban_flows.platforms.base import JobRequest
-from caliban_flows.platforms.kubernetes import Kubernetes
+from caliban_flows.platforms.kubernetes.adapter import Kubernetes
 from caliban_flows.spec import k8s_job as kj
 
 emu = K8sEmulator(run_containers=False, sim_step=0.01).start()
@@ -60,7 +60,7 @@ def test_the_rest_of_the_package_loads_on_first_use(tmp_path):
         before = loaded()
         import kubernetes
         from kubernetes import client, config, watch
-        from caliban_flows.platforms import kube_client
+        from caliban_flows.platforms.kubernetes import client as kube_client
         body = client.ApiClient().sanitize_for_serialization(
             client.V1Job(metadata=client.V1ObjectMeta(name="x")))
         out = {
@@ -110,7 +110,7 @@ def test_a_client_laid_out_otherwise_is_imported_the_plain_way(tmp_path):
     out = probe(
         tmp_path,
         """
-        from caliban_flows.platforms import kube_client
+        from caliban_flows.platforms.kubernetes import client as kube_client
         # A module where a package used to be: the lean path refuses it and falls back.
         kube_client.DEFERRED_PACKAGES = (*kube_client.DEFERRED_PACKAGES, "kubernetes.client.rest")
         asyncio.run(k8s.submit_all([request]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from caliban_flows.platforms import kubeconfig as kc
+from caliban_flows.platforms.kubernetes import kubeconfig as kc
 
 
 def write(path, contexts, current=None):

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from caliban_flows import prefect_api
+from caliban_flows.state import prefect_api
 from tests.conftest import fresh_python
 
 
@@ -62,7 +62,7 @@ def test_httpx_comes_without_its_command_line_client(server):
     url, seen, _ = server
     probe = (
         "import json, sys\n"
-        "from caliban_flows import prefect_api\n"
+        "from caliban_flows.state import prefect_api\n"
         "with prefect_api.client(sys.argv[1]) as http:\n"
         "    code = http.post('/flow_runs/filter', json={}).status_code\n"
         "cli = sorted({m.split('.')[0] for m in sys.modules} & {'click', 'rich', 'pygments'})\n"

@@ -11,7 +11,7 @@ import prefect
 import pytest
 from alembic.script import ScriptDirectory
 
-from caliban_flows import backend
+from caliban_flows.server import backend
 from devtools.prefect_template import template_path
 
 MIGRATIONS = Path(prefect.__file__).parent / "server" / "database" / "_migrations"

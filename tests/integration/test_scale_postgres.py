@@ -3,7 +3,7 @@
 PostgreSQL is Debian's (installed with apt by devtools.postgres when missing; if it cannot
 be, this test fails). Its cluster lives in a temp folder under /tmp (pytest's own tmp is
 0700 root-only, and the server runs as the `postgres` user). A Prefect server is started on
-it with `python -m caliban_flows.backend serve` (it migrates the empty database first), and
+it with `python -m caliban_flows.server.backend serve` (it migrates the empty database first), and
 the real `caliban` CLI talks to it through PREFECT_API_URL while `aiplatform_v1` talks gRPC to
 devtools.vertex_emulator in this process (simulated jobs: no image is pulled, no Docker).
 
@@ -125,7 +125,14 @@ def test_a_thousand_vertex_jobs_on_a_postgres_backed_prefect_server(tmp_path: Pa
         start = time.perf_counter()
         with open(server_log, "wb") as log:
             server = subprocess.Popen(
-                [str(BIN / "python"), "-m", "caliban_flows.backend", "serve", "--port", str(port)],
+                [
+                    str(BIN / "python"),
+                    "-m",
+                    "caliban_flows.server.backend",
+                    "serve",
+                    "--port",
+                    str(port),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -18,12 +18,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from caliban_flows import backend
+from caliban_flows.server import backend
 
 # Each of these could point a child at the user's Prefect instead of this module's server.
 ENV_VARS = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_PROFILE",
             backend.LOCAL_URL_ENV, "CALIBAN_SERVER_PORT")  # fmt: skip
-START = "from caliban_flows import backend\nurl = backend.use_backend()\n"
+START = "from caliban_flows.server import backend\nurl = backend.use_backend()\n"
 PLAIN = {
     "project": "demo-project",
     "region": "us-central1",

@@ -16,7 +16,7 @@ from tests.conftest import fresh_python
 SETUP = """
 import asyncio, json, sys
 from caliban_flows.platforms.base import JobRequest
-from caliban_flows.platforms.vertex import Vertex
+from caliban_flows.platforms.vertex.adapter import Vertex
 from caliban_flows.spec import vertex_job as vj
 
 placement = vj.Placement(project="p", region="us-central1", machine_type="n1-standard-4")
@@ -59,7 +59,7 @@ def test_the_rest_of_the_package_loads_on_first_use(endpoint):
         vertex.poll("g")
         before = loaded()
         from google.cloud import aiplatform_v1
-        from caliban_flows.platforms import vertex_client
+        from caliban_flows.platforms.vertex import client as vertex_client
         out = {
             "before": before,
             "accelerator": aiplatform_v1.AcceleratorType.NVIDIA_TESLA_T4.name,
@@ -89,7 +89,7 @@ def test_a_package_laid_out_otherwise_is_imported_the_plain_way(endpoint):
     out = probe(
         endpoint,
         """
-        from caliban_flows.platforms import vertex_client
+        from caliban_flows.platforms.vertex import client as vertex_client
         # A module where a package used to be: the lean path refuses it and falls back.
         vertex_client.DEFERRED_PACKAGES = (*vertex_client.DEFERRED_PACKAGES,
                                            "google.cloud.aiplatform_v1.gapic_version")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from caliban_flows.inputs import current_user, load_experiment_config, read_text
+from caliban_flows.plan.inputs import current_user, load_experiment_config, read_text
 from caliban_flows.spec.entrypoint import Entrypoint, resolve_entrypoint
 from caliban_flows.spec.errors import SpecError
 from caliban_flows.spec.experiment import ExperimentConfig

@@ -18,15 +18,15 @@ import re
 import time
 from collections.abc import Iterator
 
-from caliban_flows.history import (
+from caliban_flows.platforms.base import RemoteJob
+from caliban_flows.spec.errors import SpecError
+from caliban_flows.spec.vertex_job import xgroup_id
+from caliban_flows.state.groups import (
     GroupRun,
     read_group_runs,
     remote_jobs,
     where,
 )
-from caliban_flows.platforms.base import RemoteJob
-from caliban_flows.spec.errors import SpecError
-from caliban_flows.spec.vertex_job import xgroup_id
 
 LOCK_LEASE_SECONDS = 60  # Prefect's shortest lease: a crashed round frees the pool after it
 LOCK_WAIT_SECONDS = 60.0
@@ -81,8 +81,8 @@ def ensure(http, limit: dict) -> None:
 
 def ensure_at(api_url: str, limit: dict) -> None:
     """`ensure` on the Prefect API at this URL; a failure is one line."""
-    from caliban_flows import prefect_api
     from caliban_flows.lean_httpx import httpx
+    from caliban_flows.state import prefect_api
 
     try:
         with prefect_api.client(api_url) as http:

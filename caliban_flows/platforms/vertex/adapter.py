@@ -17,8 +17,8 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 
-from caliban_flows.platforms import vertex_client
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.platforms.vertex import client as vertex_client
 from caliban_flows.spec import vertex_job as vj
 
 ENDPOINT_ENV = "CALIBAN_VERTEX_ENDPOINT"

@@ -3,7 +3,7 @@
 With PREFECT_API_URL set (in the environment or in the active Prefect profile, which is where
 `prefect cloud login` puts it) that API is used as is. Otherwise caliban runs
 `prefect server start` on 127.0.0.1 under a small detached supervisor
-(`python -m caliban_flows.backend supervise`) that outlives the command which started it.
+(`python -m caliban_flows.server.backend supervise`) that outlives the command which started it.
 Later commands find it through `<caliban home>/server.json` and reuse it. Every command
 touches `server.last-used`; the supervisor stops the server once that is older than
 CALIBAN_SERVER_IDLE_MINUTES (default 30) and no flow run is active in it.
@@ -235,7 +235,7 @@ def _launch_or_find(p: _Paths) -> dict:
         idle = _float_env("CALIBAN_SERVER_IDLE_MINUTES", DEFAULT_IDLE_MINUTES)
         with contextlib.suppress(FileNotFoundError):
             p.log.replace(p.log.with_name(p.log.name + ".1"))
-        argv = [sys.executable, "-m", "caliban_flows.backend", "supervise"]
+        argv = [sys.executable, "-m", "caliban_flows.server.backend", "supervise"]
         argv += ["--home", str(p.home), "--port", str(port), "--idle-minutes", str(idle)]
         with open(p.log, "ab") as log:
             proc = subprocess.Popen(
@@ -323,7 +323,7 @@ def _server_env(p: _Paths) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"  # the log's last line must be current when we quote it
     env["COLUMNS"] = "400"  # or rich wraps the server's messages at 80 columns
     # The supervisor runs with cwd=home, so it must find this package without the caller's cwd.
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return env
 
@@ -420,7 +420,7 @@ def _alive(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
     except OSError:
         return False
-    return b"caliban_flows.backend" in cmdline
+    return b"caliban_flows.server.backend" in cmdline
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
@@ -504,7 +504,7 @@ def _bypass_proxy_for_loopback() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the supervisor: `python -m caliban_flows.backend supervise --home H --port P`
+# the supervisor: `python -m caliban_flows.server.backend supervise --home H --port P`
 
 
 class _Stop(BaseException):
@@ -581,7 +581,7 @@ def supervise(home: Path, port: int, idle_minutes: float) -> int:
     child: subprocess.Popen | None = None
     code = 0
     try:
-        argv = [sys.executable, "-m", "caliban_flows.backend", "serve", "--port", str(port)]
+        argv = [sys.executable, "-m", "caliban_flows.server.backend", "serve", "--port", str(port)]
         hook = _die_with_parent_hook()
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=hook)
         _say(f"prefect server pid {child.pid} on {url}, idle limit {idle_minutes:g} min")
@@ -654,7 +654,7 @@ def serve(port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m caliban_flows.backend")
+    parser = argparse.ArgumentParser(prog="python -m caliban_flows.server.backend")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("supervise", help="run and idle-stop a Prefect server (internal)")
     run.add_argument("--home", type=Path, required=True)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from caliban_flows.platforms import kube_client
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.platforms.kubernetes import client as kube_client
 from caliban_flows.spec import k8s_job as kj
 
 DEFAULT_MAX_QPS = 50.0  # the API server's default client QPS in kubectl is 50 (burst 100)
@@ -147,7 +147,7 @@ class Kubernetes:
     def _context_and_namespace(self, context: str | None) -> tuple[str | None, str | None]:
         """The same resolution as --dry_run's (kubeconfig.choose), but a kubeconfig with no
         context to use is an error here: jobs must go somewhere."""
-        from caliban_flows.platforms import kubeconfig as kc
+        from caliban_flows.platforms.kubernetes import kubeconfig as kc
 
         try:
             entries, current = kc.contexts(self.config_file, self.config_dict)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from caliban_flows import artifacts, prefect_api
-from caliban_flows.history import (
+from caliban_flows.state import artifacts, prefect_api
+from caliban_flows.state.groups import (
     ACTIVE_RUN_STATES,
     STOPPED_MESSAGE,
     GroupRun,
@@ -21,7 +21,7 @@ from caliban_flows.history import (
     settlements,
     where,
 )
-from caliban_flows.limits import fill
+from caliban_flows.state.limits import fill
 
 
 class PlatformError(RuntimeError):
@@ -47,11 +47,11 @@ class Platforms:
     def for_record(self, platform: str, record: dict):
         """A new adapter for a remote group's recorded settings (placement included)."""
         if platform == "vertex":
-            from caliban_flows.platforms.vertex import Vertex
+            from caliban_flows.platforms.vertex.adapter import Vertex
 
             return Vertex.from_record(record, credentials=self._credentials_for(record))
         if platform == "kubernetes":
-            from caliban_flows.platforms.kubernetes import Kubernetes
+            from caliban_flows.platforms.kubernetes.adapter import Kubernetes
 
             return Kubernetes.from_record(record, config_dict=self._kube_config_for(record))
         raise PlatformError(f"{platform} is not a remote platform")
@@ -59,9 +59,9 @@ class Platforms:
     @staticmethod
     def max_qps(platform: str, record: dict) -> float:
         if platform == "vertex":
-            from caliban_flows.platforms.vertex import DEFAULT_MAX_QPS
+            from caliban_flows.platforms.vertex.adapter import DEFAULT_MAX_QPS
         else:
-            from caliban_flows.platforms.kubernetes import DEFAULT_MAX_QPS
+            from caliban_flows.platforms.kubernetes.adapter import DEFAULT_MAX_QPS
         return record.get("max_qps") or DEFAULT_MAX_QPS
 
     def get(self, run: GroupRun):
@@ -79,7 +79,7 @@ class Platforms:
         if "local" not in self._clients:
             import docker
 
-            from caliban_flows.platforms.local import LocalDocker
+            from caliban_flows.platforms.local.adapter import LocalDocker
 
             try:
                 client = docker.from_env()

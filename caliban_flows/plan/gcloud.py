@@ -6,8 +6,8 @@ import configparser
 import os
 from pathlib import Path
 
+from caliban_flows.plan.project import env_default
 from caliban_flows.spec.errors import SpecError
-from caliban_flows.submission import env_default
 
 DEFAULT_REGION = "us-central1"
 
