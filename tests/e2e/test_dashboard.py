@@ -112,7 +112,8 @@ def test_the_prefect_ui_shows_the_group_its_jobs_and_artifacts(chromium, caliban
     ran = time.monotonic() - started
 
     where = subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; print(backend.api_url())"],
+        [str(BIN / "python"), "-c",
+         "from caliban_flows.server import backend; print(backend.api_url())"],
         env=env, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     api = where.stdout.strip().rstrip("/")

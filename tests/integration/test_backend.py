@@ -247,7 +247,10 @@ def test_a_prefect_api_url_of_the_user_starts_nothing(home, monkeypatch, tmp_pat
 
 
 def test_two_commands_at_once_share_one_server(home):
-    script = "from caliban_flows.server import backend; print(backend.api_url(), backend.status()['pid'])"
+    script = (
+        "from caliban_flows.server import backend; "
+        "print(backend.api_url(), backend.status()['pid'])"
+    )
     commands = [
         subprocess.Popen([PYTHON, "-c", script], stdout=subprocess.PIPE, text=True)
         for _ in range(3)
