@@ -23,6 +23,7 @@ demo: venv engine
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # A real Docker engine and registry: reused when reachable, else installed and started.
 engine: venv

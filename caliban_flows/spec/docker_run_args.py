@@ -10,6 +10,7 @@ import argparse
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from caliban_flows.spec.errors import SpecError
 
@@ -46,7 +47,7 @@ class RunOptions:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         raise SpecError(f"--docker_run_args: {message}; supported: {', '.join(SUPPORTED)}")
 
 

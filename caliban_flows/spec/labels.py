@@ -33,7 +33,7 @@ def value_label(text: str | None) -> str:
 
 
 def _is_flag(arg: str | None) -> bool:
-    return bool(arg) and arg[0] == "-"
+    return arg is not None and arg.startswith("-")
 
 
 def script_args_to_labels(args: Sequence[str]) -> dict[str, str]:
