@@ -14,7 +14,7 @@ from caliban_flows.plan import project as sub
 
 
 def _block_settings(name: str | None) -> dict:
-    from caliban_flows.cli.execute import block_settings
+    from caliban_flows.server.ready import block_settings
 
     return block_settings("caliban_flows.blocks.vertex", name)
 

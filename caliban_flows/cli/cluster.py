@@ -60,7 +60,7 @@ ClusterBlock = Annotated[
 
 
 def _block_settings(name: str | None) -> dict:
-    from caliban_flows.cli.execute import block_settings
+    from caliban_flows.server.ready import block_settings
 
     return block_settings("caliban_flows.blocks.kubernetes", name)
 
@@ -300,7 +300,7 @@ def delete(
     yes: o.Yes = False,
 ) -> None:
     """Delete a GKE cluster (running jobs die with it), after asking."""
-    from caliban_flows.cli.history import _confirm
+    from caliban_flows.cli.output import confirm as _confirm
     from caliban_flows.platforms.kubernetes.gke import GkeError
 
     gke = _gke(project_id)

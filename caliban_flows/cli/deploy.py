@@ -1,7 +1,7 @@
 """`caliban deploy`: register a prefect.yaml's deployments against caliban's Prefect API.
 
-Also `image_pushed()`: the `caliban.image.pushed` event a push emits, which event-triggered
-deployments react to. Only typer loads at start-up; Prefect is imported inside the command.
+Only typer loads at start-up; Prefect is imported inside the command. The
+`caliban.image.pushed` event their triggers react to is caliban_flows.state.events.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from caliban_flows.spec.errors import CalibanError, SpecError
 
 DEFAULT_FILE = "deployments/prefect.yaml"
 DEFAULT_POOL = "caliban-process"
-IMAGE_PUSHED = "caliban.image.pushed"
-EVENT_TIMEOUT = 3.0  # an event must never hold up a push for long
 _CREATED = re.compile(r"Deployment '([^']+)' successfully created")
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b")
 _BOX = "│╭╮╰╯─┃━┏┓┗┛ "
@@ -60,7 +58,7 @@ def deploy(
     flow runs without a `pull` section work in the folder it was run from.
     """
     deployments = read_deployments(prefect_file, names)
-    from caliban_flows.cli.execute import prefect_ready
+    from caliban_flows.server.ready import prefect_ready
 
     url = prefect_ready("prefect.client.orchestration")
     pools = list(dict.fromkeys(_pool(d) or DEFAULT_POOL for d in deployments))
@@ -264,87 +262,6 @@ def _server_idle_minutes(home: Path) -> float:
         return float(json.loads((home / "server.json").read_text()).get("idle_minutes", 30))
     except (OSError, ValueError, TypeError, AttributeError):
         return 30.0
-
-
-# ---------------------------------------------------------------------------------------------
-# the image event
-
-
-def image_pushed(reference: str, *, local_tag: str | None = None) -> bool:
-    """Emit `caliban.image.pushed` for `reference` if a Prefect API is already up.
-
-    Never starts a server and never fails: with no API answering it does nothing (a
-    PREFECT_API_URL that does not answer gets one warning line). True if the event was sent.
-    The event goes to the API's events endpoint with httpx, so a push pays no Prefect import.
-    """
-    try:
-        return _emit_image_pushed(reference, local_tag)
-    except Exception as e:  # the push succeeded: an event must not undo that
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"warning: event {IMAGE_PUSHED} not emitted: {reason}", file=sys.stderr)
-        return False
-
-
-def image_event(reference: str, local_tag: str | None = None) -> dict:
-    """The event: resource `caliban.image.<registry/repository>`, payload with the reference."""
-    import uuid
-    from datetime import datetime, timezone
-
-    repository, tag = _split_reference(reference)
-    registry, _, path = repository.partition("/")
-    return {
-        "id": str(uuid.uuid4()),
-        "occurred": datetime.now(timezone.utc).isoformat(),
-        "event": IMAGE_PUSHED,
-        "resource": {
-            "prefect.resource.id": f"caliban.image.{repository}",
-            "prefect.resource.name": path or repository,
-            "caliban.registry": registry,
-        },
-        "related": [],
-        "payload": {
-            "reference": reference,
-            "repository": repository,
-            "registry": registry,
-            "tag": tag,
-            "local_tag": local_tag,
-        },
-    }
-
-
-def _split_reference(reference: str) -> tuple[str, str]:
-    name, _, tag = reference.rpartition(":")
-    if not name or "/" in tag:  # no tag: host:port/path only
-        return reference, "latest"
-    return name, tag
-
-
-def _emit_image_pushed(reference: str, local_tag: str | None) -> bool:
-    from caliban_flows.lean_httpx import httpx
-    from caliban_flows.server import backend
-
-    known = backend.status()
-    if not known["running"]:
-        if known["mode"] == "external":
-            print(
-                f"warning: event {IMAGE_PUSHED} not emitted: the Prefect API at "
-                f"{known['url']} (PREFECT_API_URL) is not answering",
-                file=sys.stderr,
-            )
-        return False
-    url = known["url"].rstrip("/")
-    headers = {}
-    key = os.environ.get("PREFECT_API_KEY")
-    if key and known["mode"] == "external":
-        headers["Authorization"] = f"Bearer {key}"
-    local = known["mode"] == "local"
-    with httpx.Client(trust_env=not local, timeout=EVENT_TIMEOUT) as http:
-        response = http.post(
-            f"{url}/events", json=[image_event(reference, local_tag)], headers=headers
-        )
-    if response.status_code >= 300:
-        raise RuntimeError(f"{url}/events answered {response.status_code}")
-    return True
 
 
 def register(app: typer.Typer) -> None:

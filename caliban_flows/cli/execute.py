@@ -9,6 +9,7 @@ from pathlib import Path
 from caliban_flows.cli.interrupt import EXIT_CODE, exit_even_if_stuck
 from caliban_flows.plan import project as sub
 from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts
+from caliban_flows.server.ready import check_external_api, prefect_ready, start_backend_early
 from caliban_flows.spec.errors import CalibanError, SpecError
 from caliban_flows.spec.jobspec import job_records
 
@@ -44,59 +45,10 @@ def push_here(tag: str, target) -> str:
     if not pushed.pushed:
         print(f"{pushed.reference} is already in the registry: nothing pushed", file=sys.stderr)
     else:  # for event-triggered deployments; only when a Prefect API is already up
-        from caliban_flows.cli.deploy import image_pushed
+        from caliban_flows.state.events import image_pushed
 
         image_pushed(pushed.reference, local_tag=tag)
     return pushed.reference
-
-
-def check_external_api() -> None:
-    """Fail fast, before anything is built or submitted, when PREFECT_API_URL does not answer."""
-    from caliban_flows.server import backend
-
-    known = backend.status()
-    if known["mode"] == "external" and not known["running"]:
-        raise CalibanError(
-            f"the Prefect API at {known['url']} (PREFECT_API_URL) is not answering; "
-            "nothing was submitted"
-        )
-
-
-def prefect_ready(*preload: str) -> str:
-    """Point Prefect at caliban's backend before prefect is imported; return the API URL.
-
-    The modules in `preload` are imported while a starting server gets ready, so the import
-    (1.5-2 s) and the server's start overlap. Prefect's own log lines are quieted: caliban
-    prints each job's outcome itself.
-    """
-    import gc
-    import importlib
-    import time
-
-    from caliban_flows.server import backend
-
-    # Quiet on the terminal (caliban prints outcomes itself), but the runs keep their logs.
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    check_external_api()
-    try:
-        early = backend.point_prefect_at(backend.start_in_background()) if preload else None
-        gc.disable()  # Prefect's imports build many pydantic objects: ~20% faster without
-        try:
-            for module in preload:
-                importlib.import_module(module)
-        finally:
-            gc.enable()
-        start = time.perf_counter()
-        url = backend.use_backend()
-    except backend.BackendError as e:
-        raise CalibanError(str(e)) from None
-    if early is not None and url != early:  # the port was taken as it started; settings are set
-        raise CalibanError("the local Prefect server changed port while starting; run again")
-    waited = time.perf_counter() - start
-    if waited > 1.0:  # say why the command paused: a cold server imports and migrates first
-        print(f"waited {waited:.1f} s for the Prefect server to start", file=sys.stderr)
-    return url
 
 
 def recipe(plan: sub.Plan, *, gpu: bool) -> dict:
@@ -213,16 +165,6 @@ def _one_line(text: str) -> str:
     return text.splitlines()[0] if text else text
 
 
-def start_backend_early() -> None:
-    """Let the Prefect server start (5-15 s when cold) while the image builds."""
-    from caliban_flows.server import backend
-
-    try:
-        backend.start_in_background()
-    except backend.BackendError as e:
-        raise CalibanError(str(e)) from None
-
-
 def ensure_limit(limit: dict) -> None:
     """Create the group's Prefect concurrency limit, or set its cap, before the run starts."""
     from prefect.settings import PREFECT_API_URL
@@ -279,7 +221,7 @@ def cloud_image(dockerfile: str, *, project: str, region: str, image_tag: str | 
                 no_cache: bool = False, registry: str | None = None,
                 registry_block: str | None = None) -> str:  # fmt: skip
     """The image Vertex will pull: --image_tag as given, else built here and pushed."""
-    from caliban_flows.cli.registry import PushTarget, push_target
+    from caliban_flows.plan.push_target import PushTarget, push_target
     from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
     from caliban_flows.spec.vertex_job import check_image_uri
 
@@ -329,7 +271,7 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
 def cluster_push_target(gke: dict | None, registry: str | None, registry_block: str | None):
     """Where images for the cluster go: the registry named, else on GKE the project's
     Artifact Registry in the cluster's region; none is bad input."""
-    from caliban_flows.cli.registry import HINT, PushTarget, push_target
+    from caliban_flows.plan.push_target import HINT, PushTarget, push_target
 
     target = push_target(registry, registry_block)
     if target is None and gke is not None:
@@ -396,17 +338,3 @@ def _run_remote(plan: sub.Plan, platform: str, image: str, *, prebuilt: bool, re
         limit=limit,
         **record,
     )
-
-
-def block_settings(module: str, name: str | None) -> dict:
-    """A settings block's plain settings (`module`'s settings_from_block); a missing or bad
-    block is bad input. Prefect starts first: loading a block needs the API."""
-    if not name:
-        return {}
-    import importlib
-
-    prefect_ready()
-    try:
-        return importlib.import_module(module).settings_from_block(name)
-    except ValueError as e:
-        raise SpecError(str(e)) from None

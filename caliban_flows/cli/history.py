@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from caliban_flows.cli import options as o
+from caliban_flows.cli.output import confirm as _confirm
 from caliban_flows.spec.errors import CalibanError, SpecError
 
 ACTIVE = ("QUEUED", "SUBMITTED", "RUNNING")
@@ -24,9 +25,9 @@ class Format(str, Enum):
 
 
 def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
-    from caliban_flows.cli.execute import prefect_ready
     from caliban_flows.lean_httpx import httpx
     from caliban_flows.server import backend
+    from caliban_flows.server.ready import prefect_ready
     from caliban_flows.state import prefect_api
     from caliban_flows.state.reconcile import PlatformError, reconcile
     from caliban_flows.tasks.credentials import platforms
@@ -139,17 +140,6 @@ def _ask(rows: list[dict], verb: str, kind: str, xgroup: str, *, dry_run: bool, 
     return not dry_run and _confirm(f"do you wish to {verb} these {len(rows)} jobs?", yes)
 
 
-def _confirm(question: str, yes: bool) -> bool:
-    """Caliban's [yN]: anything but y/yes, or no input at all, means no."""
-    if yes:
-        return True
-    try:
-        answer = input(f"{question} [yN]: ")
-    except EOFError:
-        return False
-    return answer.strip().lower() in ("y", "yes")
-
-
 def stop(
     xgroup: o.XgroupRequired,
     dry_run: o.DryRun = False,
@@ -252,14 +242,9 @@ def _rebuild_recipe(recipe: dict) -> str:
 
 def _resubmit_remote(runs, wanted: list[dict]) -> int:
     """Attempt N+1 of each chosen job, from the current code (or the same --image_tag)."""
-    from caliban_flows.cli.execute import (
-        check_external_api,
-        cloud_image,
-        cluster_image,
-        cluster_push_target,
-        run_group,
-    )
+    from caliban_flows.cli.execute import cloud_image, cluster_image, cluster_push_target, run_group
     from caliban_flows.platforms.kubernetes.adapter import gke_of
+    from caliban_flows.server.ready import check_external_api
 
     check_external_api()
     last = runs[-1]

@@ -12,8 +12,8 @@ import typer
 from caliban_flows.cli import options as o
 from caliban_flows.cli.interactive import credential_args, docker_argv, free_port, hand_over
 from caliban_flows.cli.output import emit
-from caliban_flows.cli.registry import require_push_target
 from caliban_flows.plan import project as sub
+from caliban_flows.plan.push_target import require_push_target
 from caliban_flows.spec.errors import SpecError
 
 

@@ -21,3 +21,14 @@ def job_block(job, *details: str) -> list[str]:
 def emit(lines: Iterable[str]) -> None:
     sys.stdout.write("".join(line + "\n" for line in lines))
     sys.stdout.flush()
+
+
+def confirm(question: str, yes: bool) -> bool:
+    """Caliban's [yN]: anything but y/yes, or no input at all, means no."""
+    if yes:
+        return True
+    try:
+        answer = input(f"{question} [yN]: ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")

@@ -47,7 +47,7 @@ def require_push_target(registry: str | None, registry_block: str | None) -> Pus
 
 
 def from_block(name: str) -> PushTarget:
-    from caliban_flows.cli.execute import prefect_ready
+    from caliban_flows.server.ready import prefect_ready
 
     prefect_ready()
     from prefect_docker.credentials import DockerRegistryCredentials
