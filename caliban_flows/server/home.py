@@ -1,0 +1,135 @@
+"""The caliban home on disk: where the local server's state, lock, log and database live.
+
+Files under the caliban home ($CALIBAN_HOME or ~/.caliban):
+    server.json        pid (the supervisor's), port, url of the running server
+    server.lock        flock: one command at a time decides whether to start a server
+    server.last-used   its mtime is the last time a caliban command used the server
+    server.log         the supervisor's and the server's output (previous one: server.log.1)
+    prefect/           PREFECT_HOME of the local server and of caliban's Prefect clients
+
+A new home's prefect/ gets the already-migrated database shipped for the installed Prefect
+(see _seed_database). Only the standard library loads here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+DATABASE_URL_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"  # a user's own database: no seed
+
+
+class _Paths:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.state = home / "server.json"
+        self.lock = home / "server.lock"
+        self.last_used = home / "server.last-used"
+        self.log = home / "server.log"
+        self.prefect_home = home / "prefect"
+
+
+def caliban_home() -> Path:
+    return Path(os.environ.get("CALIBAN_HOME") or Path.home() / ".caliban").expanduser()
+
+
+def _paths() -> _Paths:
+    return _Paths(caliban_home())
+
+
+# ---------------------------------------------------------------------------------------------
+# server.lock, server.json, server.last-used
+
+
+@contextlib.contextmanager
+def _locked(p: _Paths) -> Iterator[None]:
+    p.home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _read_state(p: _Paths) -> dict | None:
+    try:
+        state = json.loads(p.state.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or not isinstance(state.get("pid"), int):
+        return None
+    if not isinstance(state.get("url"), str):
+        return None
+    return state
+
+
+def _forget_state(p: _Paths, pid: int) -> None:
+    state = _read_state(p)
+    if state is not None and state["pid"] == pid:
+        with contextlib.suppress(FileNotFoundError):
+            p.state.unlink()
+
+
+def _touch(p: _Paths) -> None:
+    p.home.mkdir(parents=True, exist_ok=True)
+    p.last_used.touch()
+    os.utime(p.last_used)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# prefect/prefect.db: the seed database
+
+
+def _seed_database(p: _Paths) -> bool:
+    """Give a new home the already-migrated database shipped for this Prefect version.
+
+    Migrating a fresh database takes most of a first start (about 8 of 12 s on 2 cores);
+    the seed (made by devtools/prefect_template.py) is that same result. With any other
+    Prefect version there is no seed and Prefect migrates as usual.
+    """
+    import gzip
+    from importlib.metadata import PackageNotFoundError, version
+    from importlib.resources import files
+
+    database = p.prefect_home / "prefect.db"
+    if database.exists() or os.environ.get(DATABASE_URL_ENV):  # theirs, e.g. PostgreSQL
+        return False
+    try:
+        seed = files("caliban_flows") / "data" / f"prefect-{version('prefect')}.db.gz"
+    except PackageNotFoundError:
+        return False
+    if not seed.is_file():
+        return False
+    p.prefect_home.mkdir(parents=True, exist_ok=True)
+    partial = database.with_name(database.name + ".seeding")
+    with seed.open("rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
+        partial.write_bytes(gz.read())
+    partial.replace(database)
+    _seed_marker(p).write_text(version("prefect"))
+    return True
+
+
+def _seed_marker(p: _Paths) -> Path:
+    return p.prefect_home / "caliban-seeded-for"
+
+
+def _seeded_for_this_prefect(p: _Paths) -> bool:
+    """True while the database is our seed's schema for the Prefect installed now."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return _seed_marker(p).read_text().strip() == version("prefect")
+    except (OSError, PackageNotFoundError):
+        return False
