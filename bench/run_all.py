@@ -19,6 +19,7 @@ SCRIPTS = [
     "vertex_submit_1k.py",
     "vertex_qps.py",
     "vertex_status_1k.py",
+    "sweep_scale.py",
     "k8s_1k.py",
 ]
 
