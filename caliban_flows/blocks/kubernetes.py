@@ -2,7 +2,7 @@
 
 The cluster's kubeconfig, when kept in Prefect rather than in ~/.kube/config, lives in a
 nested prefect-kubernetes "Kubernetes Cluster Config" block. Importing this module imports
-Prefect: call `backend.use_backend()` (or `cli.execute.prefect_ready()`) first.
+Prefect: call `backend.use_backend()` (or `server.ready.prefect_ready()`) first.
 """
 
 from __future__ import annotations

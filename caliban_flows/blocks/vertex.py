@@ -4,7 +4,7 @@ Credentials come from a nested prefect-gcp "GCP Credentials" block, whose key st
 SecretDict: the API and the UI only ever show it masked.
 
 Importing this module imports Prefect, so call `backend.use_backend()` (or
-`cli.execute.prefect_ready()`) first. prefect-gcp's import also loads the high-level
+`server.ready.prefect_ready()`) first. prefect-gcp's import also loads the high-level
 `google.cloud.aiplatform` SDK: about 3-4 s.
 """
 

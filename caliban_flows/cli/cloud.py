@@ -103,7 +103,7 @@ def cloud(
         from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
 
         vj.check_image_uri(image_tag, emulator=bool(os.environ.get(ENDPOINT_ENV)))
-    from caliban_flows.cli.execute import run_cloud
+    from caliban_flows.flows.engine import run_cloud
 
     raise typer.Exit(
         run_cloud(
@@ -124,7 +124,6 @@ def cloud(
 def _print_dry_run(p, placement, image_tag, gpu, tpu) -> None:
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
-    from caliban_flows.spec.jobspec import job_keys
 
     where = (
         f"Accelerator: {acc.accelerator_config(gpu)}, machine: {placement.machine_type!r}, "
@@ -137,7 +136,7 @@ def _print_dry_run(p, placement, image_tag, gpu, tpu) -> None:
         f"Dry run: {len(p.jobs)} Vertex AI job(s) in xgroup {p.xgroup!r}, project "
         f"{placement.project!r}, {'GPU' if gpu else 'CPU'} mode",
     ]
-    for key, job in zip(job_keys(p.xgroup, p.jobs), p.jobs):
+    for key, job in zip((j["key"] for j in p.records("vertex")), p.jobs):
         tag = image_tag or job.labels.get("docker_image", "")
         labels = vj.job_labels(job.labels, xgroup=p.xgroup, key=key, attempt=1, image=tag)
         spec = vj.custom_job(

@@ -417,7 +417,6 @@ def submit(
     """Submit one Kubernetes Job per experiment."""
     from caliban_flows.platforms.kubernetes.adapter import gke_of, manifest_for
     from caliban_flows.spec import k8s_job as kj
-    from caliban_flows.spec.jobspec import job_keys
     from caliban_flows.state.limits import record
 
     # Cluster capacity, not Vertex's catalog, bounds counts here; the type must still exist.
@@ -478,7 +477,7 @@ def submit(
                 args=tuple(job.args),
                 labels=job.labels,
             )
-            for key, job in zip(job_keys(p.xgroup, p.jobs), p.jobs)
+            for key, job in zip((j["key"] for j in p.records("kubernetes")), p.jobs)
         ]
         manifests = [manifest_for(r, resources, target.namespace) for r in requests]
         if export:
@@ -487,7 +486,7 @@ def submit(
         if dry_run:
             _print_dry_run(p, target, manifests)
             return
-    from caliban_flows.cli.execute import run_cluster
+    from caliban_flows.flows.engine import run_cluster
 
     raise typer.Exit(
         run_cluster(

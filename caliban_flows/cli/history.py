@@ -30,7 +30,7 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
     from caliban_flows.server.ready import prefect_ready
     from caliban_flows.state import prefect_api
     from caliban_flows.state.reconcile import PlatformError, reconcile
-    from caliban_flows.tasks.credentials import platforms
+    from caliban_flows.state.reconcile import Platforms as platforms
 
     known = backend.status()
     if known["mode"] == "local" and not known["initialized"]:
@@ -64,16 +64,17 @@ def _limit(rows: list[dict], xgroup: str | None, max_jobs: int | None) -> list[d
     return out
 
 
-def _text(rows: list[dict], commands: dict[str, str]) -> str:
-    """Caliban's hierarchy: xgroup, experiment command, its jobs."""
+def _text(rows: list[dict]) -> str:
+    """Caliban's hierarchy: xgroup, experiment (entry point and args), its jobs: one run of
+    it per platform, the latest attempts."""
     lines: list[str] = []
     for xgroup in dict.fromkeys(r["xgroup"] for r in rows):
         lines.append(f"xgroup {xgroup}:")
         group = [r for r in rows if r["xgroup"] == xgroup]
-        for key in dict.fromkeys(r["key"] for r in group):
-            jobs = [r for r in group if r["key"] == key]
-            command = " ".join([commands.get(jobs[0]["flow_run_id"], ""), *jobs[0]["args"]])
-            lines.append(f"  experiment {key}: {command.strip()}")
+        for experiment in dict.fromkeys(r["experiment"] for r in group):
+            jobs = [r for r in group if r["experiment"] == experiment]
+            command = " ".join([*jobs[0]["command"], *jobs[0]["args"]])
+            lines.append(f"  experiment {experiment}: {command.strip()}")
             for r in jobs:
                 exit_code = "" if r["exit_code"] is None else f" exit {r['exit_code']}"
                 lines.append(
@@ -117,8 +118,7 @@ def status(
             cols = ["xgroup", "name", "state", "attempt", "attempts", "exit_code", "args"]
             print(frame[cols].to_string(index=False) if rows else "no jobs")
         return
-    commands = {run.flow_run_id: " ".join(run.command) for run in runs}
-    print(_text(rows, commands) if rows else "no jobs yet")
+    print(_text(rows) if rows else "no jobs yet")
 
 
 def _latest(xgroup: str) -> tuple[list, list[dict]]:
@@ -150,26 +150,12 @@ def stop(
     active = [r for r in latest if r["state"] in ACTIVE]
     if not _ask(active, "stop", "submitted or running", xgroup, dry_run=dry_run, yes=yes):
         return
-    _stop(runs, active)
-    print(f"stopped {len(active)} jobs in xgroup {xgroup!r}")
-
-
-def _stop(runs, active: list[dict]) -> None:
     from caliban_flows.state import prefect_api
-    from caliban_flows.state.reconcile import mark_stopped
-    from caliban_flows.tasks.credentials import platforms as make_platforms
+    from caliban_flows.state.reconcile import Platforms, stop_jobs
 
-    # Mark first, so the flow (if still running) sees it and starts nothing more.
-    run_ids = dict.fromkeys(r["flow_run_id"] for r in active)
     with prefect_api.client() as http:
-        mark_stopped(http, run_ids)
-    by_id = {run.flow_run_id: run for run in runs}
-
-    platforms = make_platforms()
-    for run_id in run_ids:
-        ids = [r["remote_id"] for r in active if r["flow_run_id"] == run_id and r["remote_id"]]
-        if ids:
-            platforms.get(by_id[run_id]).cancel(ids)
+        stop_jobs(http, Platforms(), runs, active)
+    print(f"stopped {len(active)} jobs in xgroup {xgroup!r}")
 
 
 def resubmit(
@@ -190,90 +176,9 @@ def resubmit(
     wanted = latest if all_jobs else [r for r in latest if r["state"] in ("FAILED", "STOPPED")]
     if not _ask(wanted, "resubmit", "failed or stopped", xgroup, dry_run=dry_run, yes=yes):
         return
-    last = runs[-1]
-    if last.platform != "local":
-        raise typer.Exit(_resubmit_remote(runs, wanted))
-    if not last.build:
-        raise CalibanError(f"xgroup {xgroup!r} was run from an --image_id; run it again instead")
-    raise typer.Exit(_resubmit_local(runs, wanted))
+    from caliban_flows.flows.resubmit import resubmit as rerun
 
-
-def _resubmit_local(runs, wanted: list[dict]) -> int:
-    from pathlib import Path
-
-    from caliban_flows.cli.execute import run_group
-
-    last = runs[-1]
-    recipe = last.build
-    originals = {job["key"]: job for run in runs for job in run.jobs}  # newest wins
-    root = Path(recipe["root"])
-    text = _rebuild_recipe(recipe)
-    jobs = [{**originals[r["key"]], "attempt": r["attempt"] + 1} for r in wanted]
-    from caliban_flows.platforms.images import image_tag
-
-    return run_group(
-        xgroup=last.xgroup,
-        jobs=jobs,
-        command=last.command,
-        image=image_tag(root, text),
-        build={**recipe, "dockerfile": text},
-        parallel=1,
-    )
-
-
-def _rebuild_recipe(recipe: dict) -> str:
-    """Change into the group's project folder; the Dockerfile its current code builds with."""
-    import os
-    from pathlib import Path
-
-    from caliban_flows.plan import project as sub
-
-    root = Path(recipe["root"])
-    if not root.is_dir():
-        raise CalibanError(f"the group's project folder {root} is gone; cannot rebuild")
-    os.chdir(root)
-    return sub.dockerfile(
-        gpu=recipe["gpu"],
-        extras=recipe["extras"],
-        dirs=recipe["dirs"],
-        entrypoint=sub.resolve_module(recipe["module"]),
-    )
-
-
-def _resubmit_remote(runs, wanted: list[dict]) -> int:
-    """Attempt N+1 of each chosen job, from the current code (or the same --image_tag)."""
-    from caliban_flows.cli.execute import cloud_image, cluster_image, cluster_push_target, run_group
-    from caliban_flows.platforms.kubernetes.adapter import gke_of
-    from caliban_flows.server.ready import check_external_api
-
-    check_external_api()
-    last = runs[-1]
-    originals = {job["key"]: job for run in runs for job in run.jobs}  # newest wins
-    image = last.image
-    if last.build and last.platform == "vertex":
-        image = cloud_image(
-            _rebuild_recipe(last.build),
-            project=last.vertex["project"],
-            region=last.vertex["region"],
-            registry=last.build.get("registry"),
-        )
-    elif last.build:
-        target = cluster_push_target(
-            gke_of(last.cluster.get("context")), last.build.get("registry"), None
-        )
-        image = cluster_image(_rebuild_recipe(last.build), target)
-    jobs = [{**originals[r["key"]], "attempt": r["attempt"] + 1} for r in wanted]
-    return run_group(
-        xgroup=last.xgroup,
-        jobs=jobs,
-        command=last.command,
-        image=image,
-        build=last.build,
-        platform=last.platform,
-        vertex=last.vertex,
-        cluster=last.cluster,
-        limit=last.limit,
-    )
+    raise typer.Exit(rerun(runs, wanted))
 
 
 def register(app: typer.Typer) -> None:

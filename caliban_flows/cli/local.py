@@ -24,7 +24,7 @@ def _session_image(
 
     On an engine without NVIDIA's runtime, GPU mode falls back to the CPU image.
     """
-    from caliban_flows.cli.execute import build_here
+    from caliban_flows.flows.engine import build_here
     from caliban_flows.platforms.local.adapter import docker_client, engine_gpu
 
     nvidia = engine_gpu(docker_client(), gpu)
@@ -155,7 +155,7 @@ def build(
     text = sub.dockerfile(
         gpu=gpu, extras=extras, dirs=sub.check_dirs(dirs), entrypoint=sub.resolve_module(module)
     )
-    from caliban_flows.cli.execute import build_here, push_here
+    from caliban_flows.flows.engine import build_here, push_here
 
     built = build_here(text, no_cache=no_cache)
     print(push_here(built.tag, target) if target else built.tag)
@@ -201,7 +201,7 @@ def run(
     image = image_id or sub.PLACEHOLDER_IMAGE
     limit = record("local", p.xgroup, max_running, pool)
     if not dry_run:
-        from caliban_flows.cli.execute import run_local
+        from caliban_flows.flows.engine import run_local
 
         code = run_local(p, image_id=image_id, run_args=run_args, no_cache=no_cache,
                          parallel=parallel, limit=limit)  # fmt: skip

@@ -14,7 +14,7 @@ def serve(
     ] = 30.0,
 ) -> None:
     """Keep every active group's state and artifacts current in Prefect, until Ctrl-C."""
-    from caliban_flows.cli.execute import prefect_ready
+    from caliban_flows.flows.engine import prefect_ready
 
     url = prefect_ready("prefect", "caliban_flows.flows.reconcile")
     from caliban_flows.flows.reconcile import DEPLOYMENT, reconcile_active_groups

@@ -10,7 +10,7 @@ from prefect.utilities.annotations import quote
 
 from caliban_flows.platforms.base import JobRequest, JobState
 from caliban_flows.state.groups import FLOW_NAME, STOPPED_MESSAGE
-from caliban_flows.tasks.jobs import build_image, expand_sweep, run_job
+from caliban_flows.tasks.jobs import build_image, expand_sweep, record_jobs, run_job
 
 LAST_RUN: dict[str, str] = {}
 
@@ -23,41 +23,62 @@ def group_tags(xgroup: str, platform: str, limit: dict | None = None) -> list[st
     return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}", *capped]
 
 
+# Jobs on their way into a flow run of this process. A group of 100,000 jobs is far beyond
+# Prefect's 512 KiB cap on a run's parameters, so they travel beside the call and the flow
+# records them on its run as artifacts (state.records) before anything starts.
+_HANDED_OVER: dict[str, list[dict]] = {}
+
+
+def hand_over(jobs: list[dict]) -> str:
+    """Keep the jobs for the next group flow of this process; the id to pass it."""
+    import uuid
+
+    submission = uuid.uuid4().hex
+    _HANDED_OVER[submission] = jobs
+    return submission
+
+
 @flow(name=FLOW_NAME, flow_run_name="{xgroup}", persist_result=False)
 def experiment_group(
     xgroup: str,
     platform: str,
-    jobs: list[dict],
-    command: list[str] | None = None,
-    image: str | None = None,
-    build: dict | None = None,
+    recipes: list[dict],
+    submission: str,
+    placement: dict | None = None,
     parallel: int = 1,
-    vertex: dict | None = None,
     wait: bool = False,
     limit: dict | None = None,
-    cluster: dict | None = None,
 ):
-    """Build the image (when `build` is given), expand the sweep, then run every job.
+    """Record the jobs, build their images, then run every job (one submission of a group).
 
-    The parameters are also the group's record: `caliban status` reads `jobs` (key, attempt,
-    name, args ...) and `command` back, and `caliban resubmit` rebuilds from `build`. The run
-    fails when any job fails. On Vertex (`vertex` holds project, region and placement) or
-    Kubernetes (`cluster` holds context, namespace and resources) the run ends once every job
-    is submitted, unless `wait`; the caller then keeps it RUNNING and `caliban status` settles
-    it when the jobs end. With `limit` (--max_running: a Prefect
-    concurrency limit's name and cap) at most that many jobs run at once; the rest wait.
+    The parameters are the submission's record: its platform, where it runs (`placement`:
+    Vertex's project, region and machine; the cluster's context and resources; local GPU mode
+    and docker run args) and its recipes (entry point, image, how to rebuild it). Each job,
+    recorded as artifacts on this run, names its recipe. The run fails when any job fails.
+    Remote runs end once every job is submitted, unless `wait`; the caller then keeps the run
+    RUNNING and reconcile rounds settle it when the jobs end. With `limit` (--max_running: a
+    Prefect concurrency limit's name and cap) at most that many jobs run at once.
     """
     from prefect.runtime import flow_run
 
+    from caliban_flows.platforms import registry
+
     LAST_RUN["id"] = flow_run.id  # for the caller, should the run end with Ctrl-C
-    if build is not None and platform == "local":  # remote platforms get a pushed image
-        built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
-        image = built["tag"]
+    jobs = _HANDED_OVER.pop(submission, None)
+    if jobs is None:
+        return Failed(message="this run's jobs were handed to another process; submit again")
+    record_jobs(quote(jobs))
+    remote = registry.get(platform).remote
+    recipes = [dict(r) for r in recipes]
+    for recipe in recipes:  # remote platforms get a pushed image
+        build = recipe.get("build")
+        if build is not None and not remote and build.get("dockerfile"):
+            built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
+            recipe["image"] = built["tag"]
     # quote(): Prefect need not walk a thousand jobs looking for futures to resolve.
-    requests = expand_sweep(xgroup, image, quote(jobs))
-    if platform != "local":
-        record = cluster if platform == "kubernetes" else vertex
-        outcome = _remote_group(xgroup, requests, platform, record, wait, limit)
+    requests = expand_sweep(xgroup, recipes, placement or {}, quote(jobs))
+    if remote:
+        outcome = _remote_group(xgroup, requests, platform, placement or {}, wait, limit)
         _publish(xgroup)
         return outcome
     try:
@@ -76,16 +97,19 @@ def experiment_group(
 
 def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record: dict,
                   wait: bool, limit: dict | None):  # fmt: skip
-    from caliban_flows.tasks.remote import PLACES, fill_slots, monitor_jobs, submit_jobs
+    from caliban_flows.platforms import registry
+    from caliban_flows.tasks.remote import fill_slots, monitor_jobs, submit_jobs
+
+    where = registry.get(platform).title
 
     if limit:
         submitted = fill_slots(limit["name"])
         queued = len(requests) - len(submitted)
-        message = (f"{len(submitted)} jobs submitted to {PLACES[platform]}, {queued} queued "
+        message = (f"{len(submitted)} jobs submitted to {where}, {queued} queued "
                    f"behind --max_running {limit['max_running']}")  # fmt: skip
     else:
         submitted = submit_jobs(quote(requests), platform, record)
-        message = f"{len(submitted)} jobs submitted to {PLACES[platform]}"
+        message = f"{len(submitted)} jobs submitted to {where}"
     if not wait:
         # Named so that its event is prefect.flow-run.Submitted: triggers on
         # prefect.flow-run.Completed fire once, when the jobs have ended.
@@ -125,12 +149,11 @@ def _publish(xgroup: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
     from caliban_flows.state import prefect_api
-    from caliban_flows.state.reconcile import publish_group
-    from caliban_flows.tasks.credentials import platforms
+    from caliban_flows.state.reconcile import Platforms, publish_group
 
     try:
         with prefect_api.client(PREFECT_API_URL.value()) as http:
-            publish_group(http, platforms(), xgroup, flow_run.id)
+            publish_group(http, Platforms(), xgroup, flow_run.id)
     except Exception as e:
         print(f"warning: the jobs table was not published: {e}", file=sys.stderr)
 

@@ -20,7 +20,7 @@ def reconcile_active_groups() -> str:
     from caliban_flows.state import prefect_api
     from caliban_flows.state.groups import active_xgroups
     from caliban_flows.state.reconcile import PlatformError, reconcile
-    from caliban_flows.tasks.credentials import platforms as make_platforms
+    from caliban_flows.state.reconcile import Platforms as make_platforms
 
     logger = get_run_logger()
     platforms = make_platforms()

@@ -79,6 +79,7 @@ def sweep(
         LAST_RUN,
         experiment_group,
         group_tags,
+        hand_over,
         mark_submitted,
     )
 
@@ -120,8 +121,9 @@ def sweep(
     group_flow = experiment_group.with_options(
         task_runner=ThreadPoolTaskRunner(max_workers=max(parallel, 1))
     )
+    jobs = submission.pop("jobs")
     with tags(*group_tags(group, platform, limit)):  # what `caliban status` finds the group by
-        state = group_flow(**submission, limit=limit, return_state=True)
+        state = group_flow(**submission, submission=hand_over(jobs), limit=limit, return_state=True)
     message = f"xgroup {group}: {state.message or state.name}"
     if platform != "local" and state.is_completed():
         # As `caliban cloud` does: the group's run stays RUNNING while Vertex runs the jobs;
@@ -231,7 +233,7 @@ def _local(*, xgroup: str, module: str, config, args: list[str], name: str | Non
     from caliban_flows.plan import project as sub
     from caliban_flows.platforms.images import image_tag
     from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts
-    from caliban_flows.spec.jobspec import job_records
+    from caliban_flows.spec.jobspec import planned_jobs, runs_what
 
     client = docker_client()
     gpu = engine_gpu(client, not options.get("nogpu", False))
@@ -257,14 +259,14 @@ def _local(*, xgroup: str, module: str, config, args: list[str], name: str | Non
             }
     previous = local_attempts(client, xgroup)
     next_attempts = {key: n + 1 for key, n in previous.items()}
-    jobs = job_records(xgroup, specs, next_attempts, gpu=gpu, run_args=run_args)
+    what = runs_what(build["root"] if build else image, entrypoint.command())
+    jobs = planned_jobs(xgroup, specs, recipe=what, platform="local", attempts=next_attempts)
     return {
         "xgroup": xgroup,
         "platform": "local",
+        "placement": {"gpu": gpu, "run_args": list(run_args)},
+        "recipes": [_recipe(entrypoint, image, build, specs, name, labels, gpu, False)],
         "jobs": jobs,
-        "command": entrypoint.command(),
-        "image": image,
-        "build": build,
         "parallel": int(options.get("parallel", 1)),
     }
 
@@ -279,7 +281,7 @@ def _vertex(*, xgroup: str, module: str, config, args: list[str], name: str | No
     from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
-    from caliban_flows.spec.jobspec import job_records
+    from caliban_flows.spec.jobspec import planned_jobs, runs_what
 
     block = options.get("vertex_block")
     defaults = {}
@@ -320,7 +322,8 @@ def _vertex(*, xgroup: str, module: str, config, args: list[str], name: str | No
     entrypoint = _entrypoint(module, None)
     specs = _specs(xgroup=xgroup, config=config, args=args, name=name, labels=labels,
                    image=image, gpu=bool(gpu), tpu=bool(tpu))  # fmt: skip
-    jobs = job_records(xgroup, specs)  # attempt 1, as `caliban cloud`: reruns add none
+    what = runs_what(image, entrypoint.command())
+    jobs = planned_jobs(xgroup, specs, recipe=what, platform="vertex")  # attempt 1: no reruns
     vertex = {
         "project": placement.project,
         "region": placement.region,
@@ -331,11 +334,9 @@ def _vertex(*, xgroup: str, module: str, config, args: list[str], name: str | No
     return {
         "xgroup": xgroup,
         "platform": "vertex",
+        "placement": vertex,
+        "recipes": [_recipe(entrypoint, image, None, specs, name, labels, gpu, tpu)],
         "jobs": jobs,
-        "command": entrypoint.command(),
-        "image": image,
-        "build": None,
-        "vertex": vertex,
         "wait": False,
     }
 
@@ -347,7 +348,7 @@ def _kubernetes(*, xgroup: str, module: str, config, args: list[str], name: str 
     from caliban_flows.plan import project as sub
     from caliban_flows.platforms.kubernetes.adapter import Kubernetes
     from caliban_flows.spec import k8s_job as kj
-    from caliban_flows.spec.jobspec import job_records
+    from caliban_flows.spec.jobspec import planned_jobs, runs_what
     from caliban_flows.tasks.credentials import kube_config
 
     block = options.get("cluster_block")
@@ -378,12 +379,29 @@ def _kubernetes(*, xgroup: str, module: str, config, args: list[str], name: str 
     return {
         "xgroup": xgroup,
         "platform": "kubernetes",
-        "jobs": job_records(xgroup, specs),
+        "placement": cluster,
+        "recipes": [_recipe(entrypoint, image, None, specs, name, labels, gpu, tpu)],
+        "jobs": planned_jobs(
+            xgroup, specs, recipe=runs_what(image, entrypoint.command()), platform="kubernetes"
+        ),
+        "wait": False,
+    }
+
+
+def _recipe(entrypoint, image, build, specs, name, labels, gpu, tpu) -> dict:
+    """The submission's one recipe, as `caliban run` / `cloud` record theirs."""
+    from caliban_flows.plan.inputs import current_user
+    from caliban_flows.spec.jobspec import default_job_name
+    from caliban_flows.spec.labels import parse_label
+
+    return {
         "command": entrypoint.command(),
         "image": image,
-        "build": None,
-        "cluster": cluster,
-        "wait": False,
+        "build": build,
+        "job_name": name or default_job_name(current_user()),
+        "labels": dict(parse_label(f"{k}={v}") for k, v in (labels or {}).items()),
+        "gpu": bool(gpu),
+        "tpu": bool(tpu),
     }
 
 
@@ -421,8 +439,8 @@ def report_failures(flow_run_id: str) -> dict:
     from prefect.settings import PREFECT_API_URL
 
     from caliban_flows.state import prefect_api
+    from caliban_flows.state.reconcile import Platforms as platforms
     from caliban_flows.state.reconcile import reconcile
-    from caliban_flows.tasks.credentials import platforms
 
     logger = get_run_logger()
     run_id = flow_run_id.strip().removeprefix("prefect.flow-run.")

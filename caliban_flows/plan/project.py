@@ -164,6 +164,39 @@ class Plan:
     jobs: list[JobSpec]
     extras: tuple[str, ...] = ()
     dockerfile: str | None = None  # None when a prebuilt image is used
+    root: str = ""  # the project folder
+    prebuilt_image: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE
+    tpu: bool = False
+
+    @property
+    def runs(self) -> str:
+        """What the experiments run: the project folder (or the prebuilt image) and the entry
+        point. With the args, it is an experiment's identity in its group."""
+        from caliban_flows.spec.jobspec import runs_what
+
+        where = self.prebuilt_image if self.prebuilt_image is not None else self.root
+        return runs_what(where, self.entrypoint.command())
+
+    def recipe(self, image: str | None, build: dict | None, gpu: bool | None = None) -> dict:
+        """How every job of this submission runs: entry point, image, how to rebuild it."""
+        return {
+            "command": self.entrypoint.command(),
+            "image": image,
+            "build": build,
+            "job_name": self.job_name,
+            "labels": dict(self.labels),
+            "gpu": self.gpu if gpu is None else gpu,
+            "tpu": self.tpu,
+        }
+
+    def records(self, platform: str, attempts: dict[str, int] | None = None) -> list[dict]:
+        """Every job of this submission on `platform`, as the group records it."""
+        from caliban_flows.spec.jobspec import planned_jobs
+
+        return planned_jobs(
+            self.xgroup, self.jobs, recipe=self.runs, platform=platform, attempts=attempts
+        )
 
 
 def plan(
@@ -199,6 +232,7 @@ def plan(
     group = xgroup if xgroup is not None else default_xgroup(user, datetime.now())
     if not group.strip():
         raise SpecError("--xgroup must not be empty")
+    user_labels = tuple(parse_label(label) for label in labels or ())
     jobs = job_specs(
         config=config,
         script_args=args,
@@ -206,12 +240,18 @@ def plan(
         image=prebuilt_image or PLACEHOLDER_IMAGE,
         gpu_enabled=gpu,
         tpu_enabled=tpu,
-        user_labels=[parse_label(label) for label in labels or ()],
+        user_labels=list(user_labels),
     )
     text = None
     if prebuilt_image is None:  # fail now, not at build time
         text = dockerfile(gpu=gpu, extras=extras, dirs=checked_dirs, entrypoint=entrypoint)
-    return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs, tuple(extras or ()), text)
+    return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs, tuple(extras or ()), text,
+                root=str(cwd_now()), prebuilt_image=prebuilt_image, labels=user_labels,
+                tpu=tpu)  # fmt: skip
+
+
+def cwd_now() -> Path:
+    return Path.cwd().resolve()
 
 
 def env_default(*names: str) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
@@ -44,8 +44,26 @@ class JobRequest:
     run_args: tuple[str, ...] = ()  # platform-specific extras, e.g. --docker_run_args
 
     @classmethod
-    def from_record(cls, xgroup: str, image: str, job: Mapping) -> JobRequest:
-        """From one entry of a group's recorded `jobs` (a flow run parameter)."""
+    def of(cls, xgroup: str, recipe: Mapping, job: Mapping, placement: Mapping | None = None):
+        """One recorded job of a group, run by its recipe on the run's placement.
+
+        Caliban's labels are made here from the recipe and the job's args; jobs recorded
+        before recipes existed carry their own labels, GPU mode and docker run args.
+        """
+        from caliban_flows.spec.labels import job_labels
+
+        placement = placement or {}
+        image = recipe.get("image") or ""
+        labels = job.get("labels")
+        if labels is None:
+            labels = job_labels(
+                job_name=recipe.get("job_name") or "caliban",
+                image=image,
+                gpu_enabled=bool(recipe.get("gpu")),
+                tpu_enabled=bool(recipe.get("tpu")),
+                user_labels=list((recipe.get("labels") or {}).items()),
+                args=tuple(job["args"]),
+            )
         return cls(
             xgroup=xgroup,
             key=job["key"],
@@ -53,9 +71,9 @@ class JobRequest:
             name=job["name"],
             image=image,
             args=tuple(job["args"]),
-            labels=job.get("labels", {}),
-            gpu=job.get("gpu", False),
-            run_args=tuple(job.get("run_args", ())),
+            labels=labels,
+            gpu=bool(job.get("gpu", placement.get("gpu", False))),
+            run_args=tuple(job.get("run_args", placement.get("run_args", ()))),
         )
 
 
@@ -73,16 +91,29 @@ class RemoteJob:
 
 
 class Platform(Protocol):
+    """What the engine, reconcile rounds and `caliban status` call on every platform."""
+
     name: str
 
-    def submit(self, request: JobRequest) -> RemoteJob:
-        """Start the job, or return the one already started for this key and attempt."""
+    async def submit_all(
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        max_qps: float,
+        on_job: Callable[[RemoteJob, bool], None] = ...,
+    ) -> list[RemoteJob]:
+        """Start every job the platform lacks (never a second one for a key and attempt);
+        every request's remote job, in order. `on_job(job, new)` as each becomes known."""
+        ...
 
     def poll(self, xgroup: str) -> list[RemoteJob]:
         """Every job of the group, in one (paged) list call."""
+        ...
 
     def cancel(self, remote_ids: Sequence[str]) -> None:
         """Stop these jobs; already finished ones are left alone."""
+        ...
 
     def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
         """The job's output, optionally following it until the job ends."""
+        ...

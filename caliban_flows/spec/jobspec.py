@@ -39,6 +39,59 @@ def job_keys(xgroup: str, jobs: Sequence[JobSpec]) -> list[str]:
     return keys
 
 
+def experiment_key(xgroup: str, recipe: str, args: Sequence[str], occurrence: int = 0) -> str:
+    """An experiment of a group: what it runs (`recipe`: the project folder or image, and the
+    entry point) with these args. The same on every platform and every resubmission."""
+    text = "\0".join(["experiment", xgroup, recipe, str(occurrence), *args])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def runs_what(where: str, command: Sequence[str]) -> str:
+    """What a submission's experiments run: the project folder it builds (or the prebuilt
+    image) and the entry point's command."""
+    return f"{where}\0{' '.join(command)}"
+
+
+def platform_key(experiment: str, platform: str) -> str:
+    """A job: one experiment on one platform (its attempts share this key)."""
+    return hashlib.sha256(f"{experiment}\0{platform}".encode()).hexdigest()[:20]
+
+
+def planned_jobs(
+    xgroup: str,
+    specs: Sequence[JobSpec],
+    *,
+    recipe: str,
+    platform: str,
+    attempts: Mapping[str, int] | None = None,
+    recipe_index: int = 0,
+) -> list[dict]:
+    """The group's record of each job: experiment, key, attempt, name, args and its recipe.
+
+    `recipe` identifies what runs (see experiment_key); `attempts` maps a key to the attempt
+    this submission makes (default 1).
+    """
+    attempts = attempts or {}
+    seen: dict[tuple[str, ...], int] = {}
+    out = []
+    for spec in specs:
+        n = seen.get(spec.args, 0)
+        seen[spec.args] = n + 1
+        experiment = experiment_key(xgroup, recipe, spec.args, n)
+        key = platform_key(experiment, platform)
+        out.append(
+            {
+                "experiment": experiment,
+                "key": key,
+                "attempt": attempts.get(key, 1),
+                "name": spec.name,
+                "args": list(spec.args),
+                "recipe": recipe_index,
+            }
+        )
+    return out
+
+
 def default_job_name(user: str) -> str:
     return f"caliban_{user}"
 

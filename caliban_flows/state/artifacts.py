@@ -12,7 +12,8 @@ from collections import Counter
 from caliban_flows.spec.vertex_job import xgroup_id
 
 COLUMNS = ("name", "state", "attempt", "exit_code", "detail", "args", "console_url", "remote_id")
-LINKS_SHOWN = 50  # links in the summary; the table has every job's
+LINKS_SHOWN = 50  # links in the summary
+TABLE_ROWS = 1_000  # rows in the jobs table: a 100,000-job table would not render; status has all
 
 
 def keys(xgroup: str) -> tuple[str, str]:
@@ -48,12 +49,19 @@ def summary(xgroup: str, rows: list[dict], *, image: str | None, command: list[s
     return "\n".join(lines) + "\n"
 
 
+def _described(xgroup: str, rows: list[dict]) -> str:
+    if len(rows) <= TABLE_ROWS:
+        return f"jobs of xgroup {xgroup}"
+    return (f"the first {TABLE_ROWS:,} of the {len(rows):,} jobs of xgroup {xgroup}; "
+            f"all of them: caliban status --xgroup {xgroup} --format csv")  # fmt: skip
+
+
 def publish(http, *, flow_run_id: str, xgroup: str, rows: list[dict], image: str | None,
             command: list[str]) -> None:  # fmt: skip
     """Post the table and the summary onto the run (httpx client on the Prefect API)."""
     jobs_key, summary_key = keys(xgroup)
     for key, kind, data, description in (
-        (jobs_key, "table", json.dumps(table(rows)), f"jobs of xgroup {xgroup}"),
+        (jobs_key, "table", json.dumps(table(rows[:TABLE_ROWS])), _described(xgroup, rows)),
         (summary_key, "markdown", summary(xgroup, rows, image=image, command=command),
          f"summary of xgroup {xgroup}"),
     ):  # fmt: skip

@@ -14,39 +14,57 @@ from caliban_flows.platforms.base import JobState, RemoteJob
 PAGE = 200  # the most Prefect returns per request
 FLOW_NAME = "caliban-experiment-group"
 ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING")
+SETTLED_RUN_STATES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 STOPPED_MESSAGE = "stopped by caliban stop"
 
 
 @dataclass(frozen=True)
 class GroupRun:
+    """One submission of a group: a flow run, its platform and placement, its recipes, its jobs.
+
+    Each job names its recipe (an index into `recipes`): the entry point, the image and how to
+    rebuild it. Runs recorded before recipes existed have one recipe made from their parameters.
+    """
+
     xgroup: str
     flow_run_id: str
     platform: str
-    image: str | None
     created: str
     state: str  # Prefect state type, e.g. RUNNING, COMPLETED, CANCELLED
     message: str
+    recipes: list[dict]
     jobs: list[dict]
-    command: list[str]
-    build: dict | None  # how to rebuild the image from the project folder, for resubmit
-    vertex: dict | None = None  # project, region, placement, max_qps of a Vertex group
-    cluster: dict | None = None  # context, namespace, resources ... of a Kubernetes group
+    # Where the jobs run: Vertex's project, region and machine; the cluster's context,
+    # namespace and resources; local Docker's GPU and run args. No credentials.
+    placement: dict | None = None
     # The platform's last word on every job, written when a remote run settled with all its
     # jobs ended: they cannot change any more, so status needs no platform call for them.
     final: tuple[RemoteJob, ...] | None = None
     limit: dict | None = None  # --max_running: the Prefect limit's name and the cap
+    version: int = 2  # 1: jobs, image, command and build in the run's parameters
 
     @property
     def record(self) -> dict | None:
-        """The remote platform's recorded settings."""
-        return self.cluster if self.platform == "kubernetes" else self.vertex
+        """The platform's recorded settings."""
+        return self.placement
+
+    def recipe_of(self, job: dict) -> dict:
+        return self.recipes[job.get("recipe", 0)]
+
+    @property
+    def image(self) -> str | None:
+        return self.recipes[0].get("image") if self.recipes else None
+
+    @property
+    def command(self) -> list[str]:
+        return list(self.recipes[0].get("command") or []) if self.recipes else []
 
 
 def read_group_runs(
     http, xgroup: str | None = None, *, tags: Iterable[str] = (), states: Iterable[str] = ()
 ) -> list[GroupRun]:
     """Every caliban flow run (of one group, with these tags and states, if given), oldest
-    first, paged.
+    first, paged, with the jobs each recorded.
 
     `http` is an httpx.Client on the Prefect API: its REST filter is one request per 200 runs,
     and skipping the `prefect` import saves more than a second per `caliban status`.
@@ -55,93 +73,145 @@ def read_group_runs(
     runs_filter: dict = {"tags": {"all_": wanted}}
     if states:
         runs_filter["state"] = {"type": {"any_": list(states)}}
-    runs, offset = [], 0
-    while True:
+    runs: dict[str, dict] = {}
+    offset = 0
+    while True:  # oldest first by id-stable order; a run inserted meanwhile is seen once
         response = http.post(
             "/flow_runs/filter",
             json={
                 "flows": {"name": {"any_": [FLOW_NAME]}},
                 "flow_runs": runs_filter,
+                "sort": "EXPECTED_START_TIME_ASC",
                 "limit": PAGE,
                 "offset": offset,
             },
         )
         response.raise_for_status()
         page = response.json()
-        runs.extend(page)
+        for run in page:
+            runs.setdefault(run["id"], run)
         if len(page) < PAGE:
             break
         offset += PAGE
-    runs.sort(key=lambda run: run.get("created") or "")
-    return [_group_run(run) for run in runs]
+    ordered = sorted(runs.values(), key=lambda run: run.get("created") or "")
+    return _with_jobs(http, [_group_run(run) for run in ordered])
+
+
+def _with_jobs(http, runs: list[GroupRun]) -> list[GroupRun]:
+    """Attach what the runs recorded in artifacts: their jobs, and a settled run's final word."""
+    from dataclasses import replace
+
+    from caliban_flows.state import records
+
+    if not runs:
+        return runs
+    jobs, final = records.read(http, [r.flow_run_id for r in runs])
+    out = []
+    for run in runs:
+        ended = final.get(run.flow_run_id) if run.state in SETTLED_RUN_STATES else None
+        out.append(
+            replace(
+                run,
+                jobs=jobs.get(run.flow_run_id, []) if run.version >= 2 else run.jobs,
+                final=_final(ended) if ended is not None else run.final,
+            )
+        )
+    return out
 
 
 def active_xgroups(http) -> list[str]:
     """Groups with a run that is not over yet: what the reconcile service looks at."""
-    body = {
-        "flows": {"name": {"any_": [FLOW_NAME]}},
-        "flow_runs": {
-            "tags": {"all_": ["caliban"]},
-            "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}},
-        },
-        "limit": PAGE,
-    }
-    response = http.post("/flow_runs/filter", json=body)
-    response.raise_for_status()
-    return list(
-        dict.fromkeys((r.get("parameters") or {}).get("xgroup", "") for r in response.json())
-    )
+    groups: dict[str, None] = {}
+    offset = 0
+    while True:
+        body = {
+            "flows": {"name": {"any_": [FLOW_NAME]}},
+            "flow_runs": {
+                "tags": {"all_": ["caliban"]},
+                "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}},
+            },
+            "sort": "EXPECTED_START_TIME_ASC",
+            "limit": PAGE,
+            "offset": offset,
+        }
+        response = http.post("/flow_runs/filter", json=body)
+        response.raise_for_status()
+        page = response.json()
+        groups.update(dict.fromkeys((r.get("parameters") or {}).get("xgroup", "") for r in page))
+        if len(page) < PAGE:
+            return list(groups)
+        offset += PAGE
 
 
 def _group_run(run: dict) -> GroupRun:
     params = run.get("parameters") or {}
     state = run.get("state") or {}
     created = (run.get("created") or "").replace("T", " ")[:19]
-    return GroupRun(
+    platform = params.get("platform", "local")
+    common = dict(
         xgroup=params.get("xgroup", ""),
         flow_run_id=run["id"],
-        platform=params.get("platform", "local"),
-        image=params.get("image"),
+        platform=platform,
         created=created,
         state=state.get("type", "UNKNOWN"),
         message=state.get("message") or "",
-        jobs=list(params.get("jobs") or []),
-        command=list(params.get("command") or []),
-        build=params.get("build"),
-        vertex=params.get("vertex"),
-        cluster=params.get("cluster"),
-        final=_final(state.get("data")),
         limit=params.get("limit"),
     )
+    if "recipes" in params:
+        return GroupRun(
+            **common,
+            recipes=list(params.get("recipes") or []),
+            jobs=[],
+            placement=params.get("placement"),
+        )
+    # Recorded before recipes: one recipe for the whole run, the jobs in the parameters.
+    jobs = [{**job, "experiment": job["key"], "recipe": 0} for job in params.get("jobs") or []]
+    placement = params.get("cluster") if platform == "kubernetes" else params.get("vertex")
+    if platform == "local":
+        first = jobs[0] if jobs else {}
+        placement = {"gpu": first.get("gpu", False), "run_args": first.get("run_args", [])}
+    recipe = {"command": list(params.get("command") or []), "image": params.get("image"),
+              "build": params.get("build")}  # fmt: skip
+    return GroupRun(
+        **common,
+        recipes=[recipe],
+        jobs=jobs,
+        placement=placement,
+        final=_final((state.get("data") or {}).get(FINAL_KEY)
+                     if isinstance(state.get("data"), dict) else None),
+        version=1,
+    )  # fmt: skip
 
 
-FINAL_KEY = "caliban_final_jobs"
+FINAL_KEY = "caliban_final_jobs"  # where runs settled before records.FINAL_TYPE kept it
 
 
-def final_data(jobs: Iterable[RemoteJob]) -> dict:
-    """A settled run's state data: its jobs' end as the platform reported it."""
-    fields = ("key", "attempt", "remote_id", "exit_code", "console_url", "detail")
-    return {FINAL_KEY: [{**{f: getattr(j, f) for f in fields}, "state": j.state.value}
-                        for j in jobs]}  # fmt: skip
-
-
-def _final(data) -> tuple[RemoteJob, ...] | None:
-    if not isinstance(data, dict) or not isinstance(data.get(FINAL_KEY), list):
+def _final(jobs) -> tuple[RemoteJob, ...] | None:
+    if not isinstance(jobs, list):
         return None
     try:
-        return tuple(RemoteJob(**{**j, "state": JobState(j["state"])}) for j in data[FINAL_KEY])
+        return tuple(RemoteJob(**{**j, "state": JobState(j["state"])}) for j in jobs)
     except (TypeError, ValueError, KeyError):
         return None  # not ours, or from another version: ask the platform
 
 
+def final_rows(jobs: Iterable[RemoteJob]) -> list[dict]:
+    """A settled run's jobs, as the platform reported their end (records.final_artifact)."""
+    fields = ("key", "attempt", "remote_id", "exit_code", "console_url", "detail")
+    return [{**{f: getattr(j, f) for f in fields}, "state": j.state.value} for j in jobs]
+
+
+def _remote(run: GroupRun) -> bool:
+    from caliban_flows.platforms import registry
+
+    return registry.get(run.platform).remote
+
+
 def where(run: GroupRun) -> tuple:
     """What one platform list call covers: the platform, its location, the group."""
-    if run.platform == "kubernetes":
-        cluster = run.cluster or {}
-        location = (cluster.get("config_file"), cluster.get("context"), cluster.get("namespace"))
-    else:
-        location = (run.vertex or {}).get("project"), (run.vertex or {}).get("region")
-    return (run.platform, *location, run.xgroup)
+    from caliban_flows.platforms import registry
+
+    return (run.platform, *registry.get(run.platform).place(run.placement or {}), run.xgroup)
 
 
 Remote = dict[tuple, dict[tuple[str, int], RemoteJob]]
@@ -157,7 +227,7 @@ def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[Remote
         places.setdefault(where(run), []).append(run)
     remote: Remote = {}
     for place, mine in places.items():
-        if all(r.final is not None and r.platform != "local" for r in mine):
+        if all(r.final is not None and _remote(r) for r in mine):
             remote[place] = {(j.key, j.attempt): j for r in mine for j in r.final}
         else:
             remote[place] = {(j.key, j.attempt): j for j in poll(mine[0])}
@@ -177,8 +247,10 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
         for job in run.jobs:
             found = seen.get((job["key"], job["attempt"]))
             state = _state(run, found)
+            recipe = run.recipe_of(job)
             rows[run.xgroup, job["key"], job["attempt"]] = {
                 "xgroup": run.xgroup,
+                "experiment": job.get("experiment", job["key"]),
                 "name": job["name"],
                 "key": job["key"],
                 "attempt": job["attempt"],
@@ -189,7 +261,8 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
                 "remote_id": found.remote_id if found else None,
                 "console_url": found.console_url if found else None,
                 "detail": found.detail if found else None,
-                "image": run.image,
+                "image": recipe.get("image"),
+                "command": list(recipe.get("command") or []),
                 "created": run.created,
                 "flow_run_id": run.flow_run_id,
             }
@@ -211,7 +284,7 @@ def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
     """Remote groups whose jobs all ended, or whose run was cancelled (e.g. in the UI)."""
     out = []
     for run in runs:
-        if run.platform == "local":  # a local run is its jobs' process: it settles itself
+        if not _remote(run):  # a local run is its jobs' process: it settles itself
             continue
         seen = remote.get(where(run), {})
         found = [seen.get((j["key"], j["attempt"])) for j in run.jobs]
@@ -241,7 +314,7 @@ def _state(run: GroupRun, found: RemoteJob | None) -> JobState:
         if run.state not in ("RUNNING", "PENDING", "SCHEDULED"):
             return JobState.UNKNOWN
         # A capped remote group submits its jobs as slots free.
-        return JobState.QUEUED if run.limit and run.platform != "local" else JobState.SUBMITTED
+        return JobState.QUEUED if run.limit and _remote(run) else JobState.SUBMITTED
     if stopped and found.state is JobState.FAILED:
         return JobState.STOPPED
     return found.state

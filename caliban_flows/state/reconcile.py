@@ -7,14 +7,16 @@ API with httpx: no `prefect` import, which keeps `caliban status` well under a s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-from caliban_flows.state import artifacts, prefect_api
+from caliban_flows.platforms import registry
+from caliban_flows.platforms.base import JobRequest, Platform, RemoteJob
+from caliban_flows.state import artifacts, prefect_api, records
 from caliban_flows.state.groups import (
     ACTIVE_RUN_STATES,
     STOPPED_MESSAGE,
     GroupRun,
-    final_data,
+    final_rows,
     job_rows,
     read_group_runs,
     remote_jobs,
@@ -29,81 +31,44 @@ class PlatformError(RuntimeError):
 
 
 class Platforms:
-    """One client per platform and place, for a whole command or service round.
+    """One adapter per platform and place, for a whole command or service round."""
 
-    `credentials_for(vertex)` and `kube_config_for(cluster)` turn a group's record into what
-    its platform logs in with (a Prefect block's, or None for the user's own config).
-    """
-
-    def __init__(
-        self,
-        credentials_for: Callable[[dict], object] = lambda vertex: None,
-        kube_config_for: Callable[[dict], dict | None] = lambda cluster: None,
-    ):
-        self._clients: dict[tuple, object] = {}
-        self._credentials_for = credentials_for
-        self._kube_config_for = kube_config_for
-
-    def for_record(self, platform: str, record: dict):
-        """A new adapter for a remote group's recorded settings (placement included)."""
-        if platform == "vertex":
-            from caliban_flows.platforms.vertex.adapter import Vertex
-
-            return Vertex.from_record(record, credentials=self._credentials_for(record))
-        if platform == "kubernetes":
-            from caliban_flows.platforms.kubernetes.adapter import Kubernetes
-
-            return Kubernetes.from_record(record, config_dict=self._kube_config_for(record))
-        raise PlatformError(f"{platform} is not a remote platform")
+    def __init__(self) -> None:
+        self._clients: dict[tuple, Platform] = {}
 
     @staticmethod
-    def max_qps(platform: str, record: dict) -> float:
-        if platform == "vertex":
-            from caliban_flows.platforms.vertex.adapter import DEFAULT_MAX_QPS
-        else:
-            from caliban_flows.platforms.kubernetes.adapter import DEFAULT_MAX_QPS
-        return record.get("max_qps") or DEFAULT_MAX_QPS
+    def open(platform: str, placement: dict) -> Platform:
+        """A new adapter for a run's recorded placement."""
+        return registry.get(platform).open(placement)
 
-    def get(self, run: GroupRun):
-        if run.platform != "local":
-            key = where(run)[:-1]
-            if key not in self._clients:
-                try:
-                    self._clients[key] = self.for_record(run.platform, run.record or {})
-                except PlatformError:
-                    raise
-                except Exception as e:  # e.g. a kubeconfig without the recorded context
-                    raise PlatformError(f"cannot reach {run.platform} for {run.xgroup!r}: "
-                                        f"{_first_line(e)}") from None  # fmt: skip
-            return self._clients[key]
-        if "local" not in self._clients:
-            import docker
+    @staticmethod
+    def max_qps(platform: str, placement: dict) -> float:
+        return placement.get("max_qps") or registry.get(platform).default_max_qps
 
-            from caliban_flows.platforms.local.adapter import LocalDocker
-
+    def get(self, run: GroupRun) -> Platform:
+        key = where(run)[:-1]
+        if key not in self._clients:
             try:
-                client = docker.from_env()
-                client.ping()
-            except docker.errors.DockerException as e:
-                raise PlatformError(f"cannot reach a Docker engine ({e})") from None
-            self._clients["local"] = LocalDocker(client)
-        return self._clients["local"]
+                self._clients[key] = self.open(run.platform, run.placement or {})
+            except PlatformError:
+                raise
+            except Exception as e:  # e.g. no engine, a kubeconfig without the recorded context
+                raise PlatformError(f"cannot reach {run.platform} for {run.xgroup!r}: "
+                                    f"{_first_line(e)}") from None  # fmt: skip
+        return self._clients[key]
 
-    def submit(self, run: GroupRun, records: list[dict]) -> list:
-        """Submit some of a run's recorded jobs (queued behind --max_running) with its settings."""
+    def submit(self, run: GroupRun, jobs: list[dict]) -> list[RemoteJob]:
+        """Submit some of a run's recorded jobs (queued behind --max_running) by their recipes."""
         import asyncio
 
-        from caliban_flows.platforms.base import JobRequest
+        placement = run.placement or {}
+        requests = [JobRequest.of(run.xgroup, run.recipe_of(j), j, placement) for j in jobs]
+        adapter = self.open(run.platform, placement)
+        return asyncio.run(
+            adapter.submit_all(requests, max_qps=self.max_qps(run.platform, placement))
+        )
 
-        if run.platform == "local":
-            raise PlatformError("local jobs are not queued remotely")
-        requests = [JobRequest.from_record(run.xgroup, run.image, job) for job in records]
-        record = run.record or {}
-        platform = self.for_record(run.platform, record)
-        max_qps = self.max_qps(run.platform, record)
-        return asyncio.run(platform.submit_all(requests, max_qps=max_qps))
-
-    def poll(self, run: GroupRun):
+    def poll(self, run: GroupRun) -> list[RemoteJob]:
         try:
             return self.get(run).poll(run.xgroup)
         except PlatformError:
@@ -133,16 +98,17 @@ def reconcile(
         if s.cancel:
             platforms.get(s.run).cancel(list(s.cancel))
         if s.run.state != s.state or (s.final is not None and s.run.final is None):
+            if s.final is not None:  # first, so a settled state always has its final word
+                final = records.final_artifact(s.run.flow_run_id, final_rows(s.final))
+                records.write(http, [final])
             state = {"type": s.state, "message": s.message}
-            if s.final is not None:
-                state["data"] = final_data(s.final)
             prefect_api.set_state(http, s.run.flow_run_id, state)
     just_settled = {s.run.flow_run_id for s in settled}
     limits = {
         r.limit["name"]
         for r in runs
         if r.limit
-        and r.platform != "local"
+        and registry.get(r.platform).remote
         and (r.state in ACTIVE_RUN_STATES or r.flow_run_id in just_settled)
     }
     place = {(j["key"], j["attempt"]): where(r) for r in runs for j in r.jobs}
@@ -157,6 +123,18 @@ def reconcile(
         if run.flow_run_id in just_settled or (publish_all and run.state in ACTIVE_RUN_STATES):
             publish_run(http, run, rows)
     return runs, rows
+
+
+def stop_jobs(http, platforms: Platforms, runs: list[GroupRun], active: list[dict]) -> None:
+    """Stop these jobs (status rows): their runs recorded as stopped first, so a run still
+    going sees it and starts nothing more, then each platform cancels its own."""
+    run_ids = dict.fromkeys(r["flow_run_id"] for r in active)
+    mark_stopped(http, run_ids)
+    by_id = {run.flow_run_id: run for run in runs}
+    for run_id in run_ids:
+        ids = [r["remote_id"] for r in active if r["flow_run_id"] == run_id and r["remote_id"]]
+        if ids:
+            platforms.get(by_id[run_id]).cancel(ids)
 
 
 def mark_stopped(http, flow_run_ids: Iterable[str]) -> None:

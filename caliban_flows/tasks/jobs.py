@@ -54,10 +54,25 @@ def build_image(root: str, dockerfile: str, no_cache: bool = False) -> dict:
     return asdict(built)
 
 
+@task(name="record-jobs", cache_policy=NO_CACHE)
+def record_jobs(jobs: list[dict]) -> int:
+    """Write the submission's jobs onto its flow run (artifacts), before any of them starts:
+    what `caliban status`, `stop` and `resubmit` read back. The bytes written."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.state import prefect_api, records
+
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
+        return records.write(http, records.jobs_artifacts(flow_run.id, jobs))
+
+
 @task(name="expand-sweep", cache_policy=NO_CACHE)
-def expand_sweep(xgroup: str, image: str, jobs: list[dict]) -> list[JobRequest]:
-    """The group's recorded experiments as platform requests, one per job attempt."""
-    return [JobRequest.from_record(xgroup, image, j) for j in jobs]
+def expand_sweep(
+    xgroup: str, recipes: list[dict], placement: dict, jobs: list[dict]
+) -> list[JobRequest]:
+    """The group's recorded jobs as platform requests, each by its own recipe."""
+    return [JobRequest.of(xgroup, recipes[j.get("recipe", 0)], j, placement) for j in jobs]
 
 
 @task(

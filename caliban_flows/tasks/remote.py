@@ -12,28 +12,42 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
-from caliban_flows.tasks.credentials import platforms
+from caliban_flows.state.reconcile import Platforms
 from caliban_flows.tasks.progress import CountProgress
 
 POLL_ENVS = ("CALIBAN_POLL_SECONDS", "CALIBAN_VERTEX_POLL_SECONDS")
+LOGGED_JOBS = 20
 DEFAULT_POLL_SECONDS = 10.0  # one list call per round; remote jobs take minutes
-PLACES = {"vertex": "Vertex AI", "kubernetes": "Kubernetes"}
 
 
 @task(name="submit-jobs", cache_policy=NO_CACHE)
 def submit_jobs(requests: list[JobRequest], platform: str, record: dict) -> list[RemoteJob]:
-    """Every job the group lacks, concurrently and paced; each job's console URL is logged."""
+    """Every job the group lacks, concurrently and paced.
+
+    The first LOGGED_JOBS jobs' console URLs are logged one by one, then one line of counts:
+    a log line per job would be most of what a 10,000-job group writes to Prefect, and the
+    run's jobs table artifact has every job's link.
+    """
+    from caliban_flows.platforms import registry
+
     logger = get_run_logger()
-    remote = platforms().for_record(platform, record)
-    with CountProgress(len(requests), f"submitting to {PLACES[platform]}") as progress:
+    remote = Platforms.open(platform, record)
+    title = registry.get(platform).title
+    counts = {True: 0, False: 0}
+    with CountProgress(len(requests), f"submitting to {title}") as progress:
 
         def on_job(job: RemoteJob, new: bool) -> None:
             progress.advance()
-            where = job.console_url or job.remote_id
-            logger.info("%s %s: %s", "submitted" if new else "already there", job.key, where)
+            counts[new] += 1
+            if counts[True] + counts[False] <= LOGGED_JOBS:
+                where = job.console_url or job.remote_id
+                logger.info("%s %s: %s", "submitted" if new else "already there", job.key, where)
 
-        max_qps = platforms().max_qps(platform, record)
-        return asyncio.run(remote.submit_all(requests, max_qps=max_qps, on_job=on_job))
+        max_qps = Platforms.max_qps(platform, record)
+        try:
+            return asyncio.run(remote.submit_all(requests, max_qps=max_qps, on_job=on_job))
+        finally:
+            logger.info("%d jobs submitted, %d already there", counts[True], counts[False])
 
 
 def poll_seconds() -> float:
@@ -54,7 +68,7 @@ def fill_slots(limit: str) -> list[RemoteJob]:
 
     logger = get_run_logger()
     with prefect_api.client(PREFECT_API_URL.value()) as http:
-        submitted = fill(http, platforms(), limit)
+        submitted = fill(http, Platforms(), limit)
     for job in submitted:
         logger.info("submitted %s: %s", job.key, job.console_url or job.remote_id)
     return submitted
@@ -77,7 +91,7 @@ def monitor_jobs(
     With `refill` (--max_running), each round first submits queued jobs into free slots,
     until `expected` jobs have been followed.
     """
-    remote = platforms().for_record(platform, record)
+    remote = Platforms.open(platform, record)
     wanted = {j.remote_id for j in jobs}
     said = ""
     cancelled = False

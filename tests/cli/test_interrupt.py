@@ -10,7 +10,7 @@ import time
 CHILD = """
 import sys, threading
 from pathlib import Path
-from caliban_flows.cli.interrupt import exit_even_if_stuck
+from caliban_flows.flows.interrupt import exit_even_if_stuck
 
 marker = Path(sys.argv[1])
 hang = sys.argv[2] == "hang"

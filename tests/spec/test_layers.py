@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "caliban_flows"
 # What each layer may import of caliban_flows; `cli/` is outermost and may import anything.
 ALLOWED = {
     "spec": ("spec",),
-    "platforms": ("spec", "platforms"),
+    # A platform finds its credentials in its own Prefect block (blocks/), when one is named.
+    "platforms": ("spec", "platforms", "blocks"),
     # A push target named by a Prefect block loads it once the backend is ready (server.ready).
     "plan": ("spec", "plan", "server"),
     # The embedded Prefect server and its readiness; lean_httpx is the top-level module.

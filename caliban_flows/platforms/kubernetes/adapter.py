@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.platforms.kubernetes import DEFAULT_MAX_QPS
 from caliban_flows.platforms.kubernetes import client as kube_client
 from caliban_flows.spec import k8s_job as kj
 
-DEFAULT_MAX_QPS = 50.0  # the API server's default client QPS in kubectl is 50 (burst 100)
 MAX_IN_FLIGHT = 8  # concurrent creates; the token bucket sets the pace
 PAGE_SIZE = 500
 CALL_TIMEOUT = 30.0

@@ -8,7 +8,7 @@ import re
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from caliban_flows.platforms.base import (
     ATTEMPT_LABEL,
@@ -156,6 +156,22 @@ class LocalDocker:
             **kwargs,
         )
         return RemoteJob(request.key, request.attempt, container.id, JobState.SUBMITTED)
+
+    async def submit_all(
+        self,
+        requests: Sequence[JobRequest],
+        *,
+        max_qps: float = 0.0,
+        on_job: Callable[[RemoteJob, bool], None] = lambda job, new: None,
+    ) -> list[RemoteJob]:
+        """Start each container in turn (one engine: no pace to keep), or find it started."""
+        out = []
+        for request in requests:
+            found = self.find(request.xgroup, request.key, request.attempt)
+            job = found or self.submit(request)
+            on_job(job, found is None)
+            out.append(job)
+        return out
 
     def poll(self, xgroup: str) -> list[RemoteJob]:
         return [_remote(s) for s in self._list({"label": f"{XGROUP_LABEL}={xgroup}"})]

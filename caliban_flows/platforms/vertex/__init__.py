@@ -1,0 +1,27 @@
+"""Vertex AI CustomJobs (adapter.py), through aiplatform_v1's JobService (client.py)."""
+
+from __future__ import annotations
+
+from caliban_flows.platforms.registry import PlatformEntry
+
+DEFAULT_MAX_QPS = 5.0  # well under the default per-region job-submission quotas
+
+
+def _open(placement: dict):
+    from caliban_flows.platforms.vertex.adapter import Vertex
+
+    credentials = None
+    if placement.get("credentials_block"):  # a key kept in a Vertex settings block
+        from caliban_flows.blocks.vertex import credentials_from_block
+
+        credentials = credentials_from_block(placement["credentials_block"])
+    return Vertex.from_record(placement, credentials=credentials)
+
+
+ENTRY = PlatformEntry(
+    name="vertex",
+    title="Vertex AI",
+    open=_open,
+    place=lambda placement: (placement.get("project"), placement.get("region")),
+    default_max_qps=DEFAULT_MAX_QPS,
+)

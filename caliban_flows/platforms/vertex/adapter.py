@@ -18,11 +18,12 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.platforms.vertex import DEFAULT_MAX_QPS
 from caliban_flows.platforms.vertex import client as vertex_client
 from caliban_flows.spec import vertex_job as vj
 
 ENDPOINT_ENV = "CALIBAN_VERTEX_ENDPOINT"
-DEFAULT_MAX_QPS = 5.0  # well under the default per-region job-submission quotas
+
 MAX_IN_FLIGHT = 64  # concurrent requests; the token bucket sets the pace
 PAGE_SIZE = 1000
 CALL_TIMEOUT = 30.0  # seconds per RPC

@@ -6,12 +6,11 @@ import os
 import sys
 from pathlib import Path
 
-from caliban_flows.cli.interrupt import EXIT_CODE, exit_even_if_stuck
+from caliban_flows.flows.interrupt import EXIT_CODE, exit_even_if_stuck
 from caliban_flows.plan import project as sub
 from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts
 from caliban_flows.server.ready import check_external_api, prefect_ready, start_backend_early
 from caliban_flows.spec.errors import CalibanError, SpecError
-from caliban_flows.spec.jobspec import job_records
 
 
 def _show_build_line(line: str) -> None:
@@ -51,10 +50,10 @@ def push_here(tag: str, target) -> str:
     return pushed.reference
 
 
-def recipe(plan: sub.Plan, *, gpu: bool) -> dict:
+def build_recipe(plan: sub.Plan, *, gpu: bool) -> dict:
     """What a resubmit needs to rebuild the image from the current code."""
     return {
-        "root": str(Path.cwd()),
+        "root": plan.root or str(Path.cwd()),
         "module": plan.entrypoint.target,
         "gpu": gpu,
         "extras": list(plan.extras),
@@ -65,18 +64,18 @@ def recipe(plan: sub.Plan, *, gpu: bool) -> dict:
 def run_group(
     *,
     xgroup: str,
+    platform: str,
+    placement: dict | None,
+    recipes: list[dict],
     jobs: list[dict],
-    command: list[str],
-    image: str | None,
-    build: dict | None,
     parallel: int = 1,
-    platform: str = "local",
-    vertex: dict | None = None,
     wait: bool = False,
     limit: dict | None = None,
-    cluster: dict | None = None,
 ) -> int:
     """Run one submission of a group as a flow run; 0 when every job succeeded.
+
+    Each job names its recipe (an index into `recipes`); `placement` is where the platform
+    runs them. The jobs are recorded on the run as artifacts, not parameters (no size cap).
 
     On Vertex without `wait`, 0 once every job is submitted; the run is then left RUNNING
     (state name "Submitted") for `caliban status` to settle when the jobs end.
@@ -92,6 +91,7 @@ def run_group(
         LAST_RUN,
         experiment_group,
         group_tags,
+        hand_over,
         mark_submitted,
     )
 
@@ -110,15 +110,12 @@ def run_group(
                 state = flow(
                     xgroup=xgroup,
                     platform=platform,
-                    jobs=jobs,
-                    command=command,
-                    image=image,
-                    build=build,
+                    placement=placement,
+                    recipes=recipes,
+                    submission=hand_over(jobs),
                     parallel=parallel,
-                    vertex=vertex,
                     wait=wait,
                     limit=limit,
-                    cluster=cluster,
                     return_state=True,
                 )
         except KeyboardInterrupt:
@@ -198,20 +195,19 @@ def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_c
         )
     previous = local_attempts(client, plan.xgroup)
     next_attempts = {key: n + 1 for key, n in previous.items()}
-    jobs = job_records(plan.xgroup, plan.jobs, next_attempts, gpu=gpu, run_args=run_args)
     build = None
     image = image_id
     if image_id is None:
         # Built here, overlapping the server's start; the flow's build task then finds it
         # (and records it) instead of building while nothing else can happen.
         image = build_here(dockerfile, no_cache=no_cache).tag
-        build = {"dockerfile": dockerfile, **recipe(plan, gpu=gpu)}
+        build = {"dockerfile": dockerfile, "no_cache": no_cache, **build_recipe(plan, gpu=gpu)}
     return run_group(
         xgroup=plan.xgroup,
-        jobs=jobs,
-        command=plan.entrypoint.command(),
-        image=image,
-        build=build,
+        platform="local",
+        placement={"gpu": gpu, "run_args": list(run_args)},
+        recipes=[plan.recipe(image, build, gpu=gpu)],
+        jobs=plan.records("local", next_attempts),
         parallel=parallel,
         limit=limit,
     )
@@ -255,9 +251,9 @@ def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, regis
         "max_qps": max_qps,
         "credentials_block": vertex_block,
     }
-    code = _run_remote(plan, "vertex", image, prebuilt=image_tag is not None, registry=registry,
-                       no_cache=no_cache, wait=wait, limit=limit, attempts=attempts,
-                       vertex=vertex)  # fmt: skip
+    code = _run_remote(plan, "vertex", image, vertex, prebuilt=image_tag is not None,
+                       registry=registry, no_cache=no_cache, wait=wait, limit=limit,
+                       attempts=attempts)  # fmt: skip
     if code == 0 and not wait:
         print(
             f"follow them with: caliban status --xgroup {plan.xgroup}\n"
@@ -312,29 +308,27 @@ def run_cluster(
     start_backend_early()
     image = image_tag or cluster_image(plan.dockerfile, target, no_cache=no_cache)
     cluster = {**platform.record(), "cluster_block": cluster_block, "max_qps": max_qps}
-    code = _run_remote(plan, "kubernetes", image, prebuilt=image_tag is not None,
+    code = _run_remote(plan, "kubernetes", image, cluster, prebuilt=image_tag is not None,
                        registry=registry, no_cache=no_cache, wait=wait, limit=limit,
-                       attempts=attempts, cluster=cluster)  # fmt: skip
+                       attempts=attempts)  # fmt: skip
     if code == 0 and not wait:
         print(f"follow them with: caliban status --xgroup {plan.xgroup}", file=sys.stderr)
     return code
 
 
-def _run_remote(plan: sub.Plan, platform: str, image: str, *, prebuilt: bool, registry, no_cache,
-                wait, limit, attempts, **record) -> int:  # fmt: skip
-    """One flow run of the group on a remote platform; `record` is its `vertex=` or
-    `cluster=` settings. A built image records how to rebuild it, for resubmit."""
+def _run_remote(plan: sub.Plan, platform: str, image: str, placement: dict, *, prebuilt: bool,
+                registry, no_cache, wait, limit, attempts) -> int:  # fmt: skip
+    """One flow run of the group on a remote platform, at `placement`. A built image records
+    how to rebuild it, for resubmit."""
     build = None
     if not prebuilt:
-        build = {**recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
+        build = {**build_recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
     return run_group(
         xgroup=plan.xgroup,
-        jobs=job_records(plan.xgroup, plan.jobs, attempts),  # attempt 1: reruns add none
-        command=plan.entrypoint.command(),
-        image=image,
-        build=build,
         platform=platform,
+        placement=placement,
+        recipes=[plan.recipe(image, build)],
+        jobs=plan.records(platform, attempts),  # attempt 1: reruns add none
         wait=wait,
         limit=limit,
-        **record,
     )
