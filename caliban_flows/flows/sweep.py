@@ -259,7 +259,7 @@ def _local(*, xgroup: str, module: str, config, args: list[str], name: str | Non
             }
     previous = local_attempts(client, xgroup)
     next_attempts = {key: n + 1 for key, n in previous.items()}
-    what = runs_what(build["root"] if build else image, entrypoint.command())
+    what = runs_what(entrypoint.command())
     jobs = planned_jobs(xgroup, specs, recipe=what, platform="local", attempts=next_attempts)
     return {
         "xgroup": xgroup,
@@ -322,7 +322,7 @@ def _vertex(*, xgroup: str, module: str, config, args: list[str], name: str | No
     entrypoint = _entrypoint(module, None)
     specs = _specs(xgroup=xgroup, config=config, args=args, name=name, labels=labels,
                    image=image, gpu=bool(gpu), tpu=bool(tpu))  # fmt: skip
-    what = runs_what(image, entrypoint.command())
+    what = runs_what(entrypoint.command())
     jobs = planned_jobs(xgroup, specs, recipe=what, platform="vertex")  # attempt 1: no reruns
     vertex = {
         "project": placement.project,
@@ -382,7 +382,7 @@ def _kubernetes(*, xgroup: str, module: str, config, args: list[str], name: str 
         "placement": cluster,
         "recipes": [_recipe(entrypoint, image, None, specs, name, labels, gpu, tpu)],
         "jobs": planned_jobs(
-            xgroup, specs, recipe=runs_what(image, entrypoint.command()), platform="kubernetes"
+            xgroup, specs, recipe=runs_what(entrypoint.command()), platform="kubernetes"
         ),
         "wait": False,
     }

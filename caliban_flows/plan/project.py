@@ -171,12 +171,11 @@ class Plan:
 
     @property
     def runs(self) -> str:
-        """What the experiments run: the project folder (or the prebuilt image) and the entry
-        point. With the args, it is an experiment's identity in its group."""
+        """What the experiments run (the entry point); with the args, an experiment's identity
+        in its group."""
         from caliban_flows.spec.jobspec import runs_what
 
-        where = self.prebuilt_image if self.prebuilt_image is not None else self.root
-        return runs_what(where, self.entrypoint.command())
+        return runs_what(self.entrypoint.command())
 
     def recipe(self, image: str | None, build: dict | None, gpu: bool | None = None) -> dict:
         """How every job of this submission runs: entry point, image, how to rebuild it."""

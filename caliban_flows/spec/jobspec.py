@@ -46,10 +46,11 @@ def experiment_key(xgroup: str, recipe: str, args: Sequence[str], occurrence: in
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def runs_what(where: str, command: Sequence[str]) -> str:
-    """What a submission's experiments run: the project folder it builds (or the prebuilt
-    image) and the entry point's command."""
-    return f"{where}\0{' '.join(command)}"
+def runs_what(command: Sequence[str]) -> str:
+    """What a submission's experiments run: the entry point's command. The image is not part
+    of it: a rebuild after a code fix, a prebuilt tag of the same folder, or the same module
+    on another platform are all the same experiment, as in Caliban's groups."""
+    return " ".join(command)
 
 
 def platform_key(experiment: str, platform: str) -> str:

@@ -291,7 +291,7 @@ def test_a_deployment_run_sweeps_on_the_local_engine(stack):
     group = group_run(stack, rows)
     assert {"caliban", f"xgroup:{xgroup}", "platform:local"} <= set(group["tags"])
     assert group["state"]["type"] == "COMPLETED" and group["parent_task_run_id"]
-    assert group["parameters"]["build"]["root"] == str(stack.project)
+    assert group["parameters"]["recipes"][0]["build"]["root"] == str(stack.project)
 
     # The same group from the CLI: same experiments, same job keys, so attempt 2 of each.
     (stack.project / "exp.json").write_text('{"lr": [1, 2]}')

@@ -236,8 +236,11 @@ def test_a_job_that_ended_while_nothing_watched_shows_its_truth(simulated, proje
     assert after["state"] == "FAILED"
     assert flow_run_state(cli, row["flow_run_id"]) == "FAILED"
 
-    # Settled with every job ended: the run's state records them, so status asks Vertex no more.
-    recorded = flow_run(cli, row["flow_run_id"])["state"]["data"]["caliban_final_jobs"]
+    # Settled with every job ended: the run records them, so status asks Vertex no more.
+    from caliban_flows.state import records
+
+    with httpx.Client(base_url=api_url(cli), timeout=10) as http:
+        recorded = records.read(http, [row["flow_run_id"]])[1][row["flow_run_id"]]
     assert [(j["remote_id"], j["state"]) for j in recorded] == [(row["remote_id"], "FAILED")]
     lists = emulator.calls()["ListCustomJobs"]
     again = status(cli, xgroup)[0]
