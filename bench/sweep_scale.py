@@ -48,7 +48,6 @@ STATUS_RUNS, WARMUP_JOBS = 3, 10
 LATENCY = 0.01
 TARGET_STATUS_S, TARGET_RSS_MB = 3.0, 400.0
 TARGETED_JOBS = 10_000  # the run the targets are for; other sizes are reported only
-PAGE = 200  # Prefect's largest page
 
 FLAGS = ("learning_rate", "batch_size", "weight_decay", "dropout", "warmup_steps", "optimizer")
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad", "adafactor", "lamb", "lion", "nadam")
@@ -162,25 +161,15 @@ def _size(record) -> int:
     return len(json.dumps(record, separators=(",", ":")).encode())
 
 
-def _paged(http, path: str, body: dict) -> list[dict]:
-    out, offset = [], 0
-    while True:
-        response = http.post(path, json={**body, "limit": PAGE, "offset": offset})
-        response.raise_for_status()
-        page = response.json()
-        out.extend(page)
-        if len(page) < PAGE:
-            return out
-        offset += PAGE
-
-
 def group_bytes(url: str, xgroup: str) -> dict[str, tuple[int, int]]:
     """{kind: (records, bytes as compact JSON)} of the group's records in Prefect."""
     import httpx
 
+    from caliban_flows.state.prefect_api import paged
+
     with httpx.Client(base_url=url, timeout=120, trust_env=False) as http:
         tags = {"tags": {"all_": ["caliban", f"xgroup:{xgroup}"]}}
-        runs = _paged(http, "/flow_runs/filter", {"flow_runs": tags})
+        runs = paged(http, "/flow_runs/filter", {"flow_runs": tags})
         ids = [r["id"] for r in runs]
         states = []
         for run_id in ids:
@@ -188,9 +177,9 @@ def group_bytes(url: str, xgroup: str) -> dict[str, tuple[int, int]]:
             response.raise_for_status()
             states.extend(response.json())
         by_run = {"flow_runs": {"id": {"any_": ids}}}
-        tasks = _paged(http, "/task_runs/filter", by_run) if ids else []
-        logs = _paged(http, "/logs/filter", {"logs": {"flow_run_id": {"any_": ids}}}) if ids else []
-        arts = _paged(http, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": ids}}})
+        tasks = paged(http, "/task_runs/filter", by_run) if ids else []
+        logs = paged(http, "/logs/filter", {"logs": {"flow_run_id": {"any_": ids}}}) if ids else []
+        arts = paged(http, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": ids}}})
     found = {
         # The run's current state is a row of its state history: count it there, once.
         "flow runs (less state)": [{k: v for k, v in r.items() if k != "state"} for r in runs],

@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from caliban_flows.platforms.base import JobState, RemoteJob
+from caliban_flows.state import prefect_api
 
-PAGE = 200  # the most Prefect returns per request
 FLOW_NAME = "caliban-experiment-group"
 ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING")
 SETTLED_RUN_STATES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
@@ -73,26 +73,13 @@ def read_group_runs(
     runs_filter: dict = {"tags": {"all_": wanted}}
     if states:
         runs_filter["state"] = {"type": {"any_": list(states)}}
-    runs: dict[str, dict] = {}
-    offset = 0
-    while True:  # oldest first by id-stable order; a run inserted meanwhile is seen once
-        response = http.post(
-            "/flow_runs/filter",
-            json={
-                "flows": {"name": {"any_": [FLOW_NAME]}},
-                "flow_runs": runs_filter,
-                "sort": "EXPECTED_START_TIME_ASC",
-                "limit": PAGE,
-                "offset": offset,
-            },
-        )
-        response.raise_for_status()
-        page = response.json()
-        for run in page:
-            runs.setdefault(run["id"], run)
-        if len(page) < PAGE:
-            break
-        offset += PAGE
+    body = {
+        "flows": {"name": {"any_": [FLOW_NAME]}},
+        "flow_runs": runs_filter,
+        "sort": "EXPECTED_START_TIME_ASC",
+    }
+    # A run created while paging lands last; one read twice is kept once.
+    runs = {run["id"]: run for run in prefect_api.paged(http, "/flow_runs/filter", body)}
     ordered = sorted(runs.values(), key=lambda run: run.get("created") or "")
     return _with_jobs(http, [_group_run(run) for run in ordered])
 
@@ -121,26 +108,16 @@ def _with_jobs(http, runs: list[GroupRun]) -> list[GroupRun]:
 
 def active_xgroups(http) -> list[str]:
     """Groups with a run that is not over yet: what the reconcile service looks at."""
-    groups: dict[str, None] = {}
-    offset = 0
-    while True:
-        body = {
-            "flows": {"name": {"any_": [FLOW_NAME]}},
-            "flow_runs": {
-                "tags": {"all_": ["caliban"]},
-                "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}},
-            },
-            "sort": "EXPECTED_START_TIME_ASC",
-            "limit": PAGE,
-            "offset": offset,
-        }
-        response = http.post("/flow_runs/filter", json=body)
-        response.raise_for_status()
-        page = response.json()
-        groups.update(dict.fromkeys((r.get("parameters") or {}).get("xgroup", "") for r in page))
-        if len(page) < PAGE:
-            return list(groups)
-        offset += PAGE
+    body = {
+        "flows": {"name": {"any_": [FLOW_NAME]}},
+        "flow_runs": {
+            "tags": {"all_": ["caliban"]},
+            "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}},
+        },
+        "sort": "EXPECTED_START_TIME_ASC",
+    }
+    runs = prefect_api.paged(http, "/flow_runs/filter", body)
+    return list(dict.fromkeys((r.get("parameters") or {}).get("xgroup", "") for r in runs))
 
 
 def _group_run(run: dict) -> GroupRun:

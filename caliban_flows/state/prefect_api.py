@@ -55,6 +55,24 @@ def _api_url() -> str:
     return PREFECT_API_URL.value()
 
 
+PAGE = 200  # the most Prefect returns per filter request
+
+
+def paged(http: httpx.Client, path: str, body: dict) -> list[dict]:
+    """Every record a POST .../filter finds, a page of PAGE at a time (offset paging: sort
+    `body` so that records created meanwhile land after what was already read)."""
+    out: list[dict] = []
+    offset = 0
+    while True:
+        response = http.post(path, json={**body, "limit": PAGE, "offset": offset})
+        response.raise_for_status()
+        page = response.json()
+        out.extend(page)
+        if len(page) < PAGE:
+            return out
+        offset += PAGE
+
+
 def set_state(http: httpx.Client, flow_run_id: str, state: dict) -> None:
     """Force a flow run's state (`type`, `message`, `data` ...): what caliban saw happen."""
     body = {"state": state, "force": True}

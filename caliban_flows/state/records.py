@@ -14,10 +14,11 @@ import json
 import zlib
 from collections.abc import Iterable, Sequence
 
+from caliban_flows.state import prefect_api
+
 JOBS_TYPE = "caliban-jobs"
 FINAL_TYPE = "caliban-final"
 PART_JOBS = 20_000  # jobs per artifact: a few hundred KB compressed
-PAGE = 200  # the most Prefect returns per request
 JOB_FIELDS = ("experiment", "key", "attempt", "name", "args", "recipe")
 FINAL_FIELDS = ("key", "attempt", "remote_id", "state", "exit_code", "console_url", "detail")
 
@@ -78,7 +79,14 @@ def read(http, flow_run_ids: Sequence[str]) -> tuple[dict[str, list[dict]], dict
     final: dict[str, tuple[str, list[dict]]] = {}
     ids = list(flow_run_ids)
     for start in range(0, len(ids), 500):  # a bounded request body however many runs
-        for artifact in _filter(http, ids[start : start + 500]):
+        body = {
+            "artifacts": {
+                "flow_run_id": {"any_": ids[start : start + 500]},
+                "type": {"any_": [JOBS_TYPE, FINAL_TYPE]},
+            },
+            "sort": "ID_DESC",
+        }
+        for artifact in prefect_api.paged(http, "/artifacts/filter", body):
             run_id, data = artifact.get("flow_run_id"), artifact.get("data")
             if not run_id or not isinstance(data, dict):
                 continue
@@ -90,25 +98,3 @@ def read(http, flow_run_ids: Sequence[str]) -> tuple[dict[str, list[dict]], dict
                     final[run_id] = (created, unpack(data["jobs"]))
     ordered = {run: [r for _, part in sorted(ps.items()) for r in part] for run, ps in jobs.items()}
     return ordered, {run: rows for run, (_, rows) in final.items()}
-
-
-def _filter(http, ids: list[str]) -> list[dict]:
-    out: list[dict] = []
-    offset = 0
-    while True:
-        body = {
-            "artifacts": {
-                "flow_run_id": {"any_": ids},
-                "type": {"any_": [JOBS_TYPE, FINAL_TYPE]},
-            },
-            "sort": "ID_DESC",
-            "limit": PAGE,
-            "offset": offset,
-        }
-        response = http.post("/artifacts/filter", json=body)
-        response.raise_for_status()
-        page = response.json()
-        out.extend(page)
-        if len(page) < PAGE:
-            return out
-        offset += PAGE
