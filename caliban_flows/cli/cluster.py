@@ -68,7 +68,7 @@ def _block_settings(name: str | None) -> dict:
 def _kube_config(block: str | None) -> dict | None:
     if not block:
         return None
-    from caliban_flows.tasks.credentials import kube_config
+    from caliban_flows.platforms.kubernetes import kube_config
 
     try:
         return kube_config({"cluster_block": block})

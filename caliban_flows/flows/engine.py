@@ -53,7 +53,7 @@ def push_here(tag: str, target) -> str:
 def build_recipe(plan: sub.Plan, *, gpu: bool) -> dict:
     """What a resubmit needs to rebuild the image from the current code."""
     return {
-        "root": plan.root or str(Path.cwd()),
+        "root": plan.root,
         "module": plan.entrypoint.target,
         "gpu": gpu,
         "extras": list(plan.extras),
@@ -80,9 +80,12 @@ def run_group(
     On Vertex without `wait`, 0 once every job is submitted; the run is then left RUNNING
     (state name "Submitted") for `caliban status` to settle when the jobs end.
     """
-    clients = {"vertex": ("google.cloud.aiplatform_v1",), "kubernetes": ("kubernetes.client",)}
-    clients = clients.get(platform, ())
-    prefect_ready("prefect", "caliban_flows.flows.experiment_group", *clients)
+    from caliban_flows.platforms import registry
+
+    remote = registry.get(platform).remote
+    prefect_ready(
+        "prefect", "caliban_flows.flows.experiment_group", *registry.get(platform).preload
+    )
     from prefect import tags
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -101,7 +104,7 @@ def run_group(
     if limit is not None:
         ensure_limit(limit)
     keys = {job["key"] for job in jobs}
-    with exit_even_if_stuck(lambda: _stop_when_stuck(xgroup, platform, keys, LAST_RUN.get("id"))):
+    with exit_even_if_stuck(lambda: _stop_when_stuck(xgroup, remote, keys, LAST_RUN.get("id"))):
         try:
             with (
                 temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
@@ -119,18 +122,18 @@ def run_group(
                     return_state=True,
                 )
         except KeyboardInterrupt:
-            if platform == "local":
+            if not remote:
                 _record_stop(LAST_RUN.get("id"))
-            print(_interrupted(xgroup, platform), file=sys.stderr)
+            print(_interrupted(xgroup, remote), file=sys.stderr)
             return EXIT_CODE
-    if platform != "local" and not wait and state.is_completed():
+    if remote and not wait and state.is_completed():
         mark_submitted(LAST_RUN["id"], state.message)
     print(f"xgroup {xgroup!r}: {_one_line(state.message or state.name)}", file=sys.stderr)
     return 0 if state.is_completed() else 1
 
 
-def _interrupted(xgroup: str, platform: str) -> str:
-    if platform == "local":
+def _interrupted(xgroup: str, remote: bool) -> str:
+    if not remote:
         return f"\nstopped: the running jobs of xgroup {xgroup!r} were stopped"
     # What was submitted runs on; submitting again adds the rest.
     return (f"\ninterrupted: run the same command again to submit the rest of xgroup "
@@ -147,14 +150,14 @@ def _record_stop(flow_run_id: str | None) -> None:
             mark_stopped(http, [flow_run_id])
 
 
-def _stop_when_stuck(xgroup: str, platform: str, keys: set[str], flow_run_id: str | None):
+def _stop_when_stuck(xgroup: str, remote: bool, keys: set[str], flow_run_id: str | None):
     """What a Ctrl-C still owes when Prefect hangs: local jobs stopped, the stop recorded."""
-    if platform == "local":
+    if not remote:
         from caliban_flows.flows.experiment_group import stop_running
 
         stop_running(xgroup, keys)
         _record_stop(flow_run_id)
-    print(_interrupted(xgroup, platform), file=sys.stderr)
+    print(_interrupted(xgroup, remote), file=sys.stderr)
 
 
 def _one_line(text: str) -> str:

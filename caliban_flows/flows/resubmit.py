@@ -46,10 +46,15 @@ def resubmit(runs, rows: list[dict]) -> int:
 def batches_of(runs, rows: list[dict]) -> list[dict]:
     """The new submissions: one per platform and placement, each job with its own recipe."""
     by_run = {run.flow_run_id: run for run in runs}
+    recorded = {(run.flow_run_id, j["key"], j["attempt"]): j for run in runs for j in run.jobs}
     batches: dict[str, dict] = {}
     for row in rows:
         run = by_run[row["flow_run_id"]]
-        job = _recorded(run, row["key"], row["attempt"])
+        job = recorded.get((run.flow_run_id, row["key"], row["attempt"]))
+        if job is None:
+            raise CalibanError(
+                f"job {row['key']} attempt {row['attempt']} is not in its run's record"
+            )
         where = json.dumps([run.platform, run.placement, run.limit], sort_keys=True)
         batch = batches.setdefault(where, {
             "xgroup": run.xgroup, "platform": run.platform, "placement": run.placement,
@@ -61,13 +66,6 @@ def batches_of(runs, rows: list[dict]) -> list[dict]:
         again = {**job, "attempt": row["attempt"] + 1, "recipe": batch["recipes"].index(recipe)}
         batch["jobs"].append(again)
     return list(batches.values())
-
-
-def _recorded(run, key: str, attempt: int) -> dict:
-    for job in run.jobs:
-        if job["key"] == key and job["attempt"] == attempt:
-            return job
-    raise CalibanError(f"job {key} attempt {attempt} is not in its run's record")
 
 
 def _with_image(batch: dict, recipe: dict, images: dict[str, str]) -> dict:

@@ -346,10 +346,10 @@ def _kubernetes(*, xgroup: str, module: str, config, args: list[str], name: str 
     """The group flow's parameters for Kubernetes, as `caliban cluster job submit
     --image_tag` makes them."""
     from caliban_flows.plan import project as sub
+    from caliban_flows.platforms.kubernetes import kube_config
     from caliban_flows.platforms.kubernetes.adapter import Kubernetes
     from caliban_flows.spec import k8s_job as kj
     from caliban_flows.spec.jobspec import planned_jobs, runs_what
-    from caliban_flows.tasks.credentials import kube_config
 
     block = options.get("cluster_block")
     defaults = {}
@@ -391,18 +391,18 @@ def _kubernetes(*, xgroup: str, module: str, config, args: list[str], name: str 
 def _recipe(entrypoint, image, build, specs, name, labels, gpu, tpu) -> dict:
     """The submission's one recipe, as `caliban run` / `cloud` record theirs."""
     from caliban_flows.plan.inputs import current_user
-    from caliban_flows.spec.jobspec import default_job_name
+    from caliban_flows.spec.jobspec import default_job_name, recipe
     from caliban_flows.spec.labels import parse_label
 
-    return {
-        "command": entrypoint.command(),
-        "image": image,
-        "build": build,
-        "job_name": name or default_job_name(current_user()),
-        "labels": dict(parse_label(f"{k}={v}") for k, v in (labels or {}).items()),
-        "gpu": bool(gpu),
-        "tpu": bool(tpu),
-    }
+    return recipe(
+        command=entrypoint.command(),
+        image=image,
+        build=build,
+        job_name=name or default_job_name(current_user()),
+        labels=dict(parse_label(f"{k}={v}") for k, v in (labels or {}).items()),
+        gpu=gpu,
+        tpu=tpu,
+    )
 
 
 def _raw_accelerator(options: dict):

@@ -165,7 +165,6 @@ class Plan:
     extras: tuple[str, ...] = ()
     dockerfile: str | None = None  # None when a prebuilt image is used
     root: str = ""  # the project folder
-    prebuilt_image: str | None = None
     labels: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE
     tpu: bool = False
 
@@ -179,15 +178,11 @@ class Plan:
 
     def recipe(self, image: str | None, build: dict | None, gpu: bool | None = None) -> dict:
         """How every job of this submission runs: entry point, image, how to rebuild it."""
-        return {
-            "command": self.entrypoint.command(),
-            "image": image,
-            "build": build,
-            "job_name": self.job_name,
-            "labels": dict(self.labels),
-            "gpu": self.gpu if gpu is None else gpu,
-            "tpu": self.tpu,
-        }
+        from caliban_flows.spec.jobspec import recipe
+
+        return recipe(command=self.entrypoint.command(), image=image, build=build,
+                      job_name=self.job_name, labels=dict(self.labels),
+                      gpu=self.gpu if gpu is None else gpu, tpu=self.tpu)  # fmt: skip
 
     def records(self, platform: str, attempts: dict[str, int] | None = None) -> list[dict]:
         """Every job of this submission on `platform`, as the group records it."""
@@ -245,12 +240,7 @@ def plan(
     if prebuilt_image is None:  # fail now, not at build time
         text = dockerfile(gpu=gpu, extras=extras, dirs=checked_dirs, entrypoint=entrypoint)
     return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs, tuple(extras or ()), text,
-                root=str(cwd_now()), prebuilt_image=prebuilt_image, labels=user_labels,
-                tpu=tpu)  # fmt: skip
-
-
-def cwd_now() -> Path:
-    return Path.cwd().resolve()
+                root=str(Path.cwd().resolve()), labels=user_labels, tpu=tpu)  # fmt: skip
 
 
 def env_default(*names: str) -> str | None:

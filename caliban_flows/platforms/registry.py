@@ -31,6 +31,8 @@ class PlatformEntry:
     # `default_max_qps`), settled by reconcile rounds. Local ones run inside the group's flow.
     remote: bool = True
     default_max_qps: float = 10.0
+    # Client modules a submission imports while the Prefect server starts (the two overlap).
+    preload: tuple[str, ...] = ()
 
 
 _ENTRIES: dict[str, PlatformEntry] = {}
@@ -49,7 +51,3 @@ def get(name: str) -> PlatformEntry:
     except KeyError:
         known = ", ".join(sorted({*BUILTIN, *_ENTRIES}))
         raise SpecError(f"unknown platform {name!r}; known: {known}") from None
-
-
-def names() -> list[str]:
-    return sorted({*BUILTIN, *_ENTRIES})

@@ -53,6 +53,29 @@ def runs_what(command: Sequence[str]) -> str:
     return " ".join(command)
 
 
+def recipe(
+    *,
+    command: Sequence[str],
+    image: str | None,
+    build: Mapping | None,
+    job_name: str,
+    labels: Mapping[str, str],
+    gpu: bool,
+    tpu: bool,
+) -> dict:
+    """How a submission's jobs run, as the group records it: the entry point's command, the
+    image (and how to rebuild it), and what Caliban's labels are made of."""
+    return {
+        "command": list(command),
+        "image": image,
+        "build": dict(build) if build is not None else None,
+        "job_name": job_name,
+        "labels": dict(labels),
+        "gpu": bool(gpu),
+        "tpu": bool(tpu),
+    }
+
+
 def platform_key(experiment: str, platform: str) -> str:
     """A job: one experiment on one platform (its attempts share this key)."""
     return hashlib.sha256(f"{experiment}\0{platform}".encode()).hexdigest()[:20]

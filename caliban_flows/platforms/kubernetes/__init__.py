@@ -8,15 +8,20 @@ from caliban_flows.platforms.registry import PlatformEntry
 DEFAULT_MAX_QPS = 50.0  # the API server's default client QPS in kubectl is 50 (burst 100)
 
 
+def kube_config(placement: dict) -> dict | None:
+    """The kubeconfig kept in the cluster settings block the placement names; else None (the
+    user's own kubeconfig file). Prefect-free until a block is named."""
+    if not placement.get("cluster_block"):
+        return None
+    from caliban_flows.blocks.kubernetes import kube_config_from_block
+
+    return kube_config_from_block(placement["cluster_block"])
+
+
 def _open(placement: dict):
     from caliban_flows.platforms.kubernetes.adapter import Kubernetes
 
-    config = None
-    if placement.get("cluster_block"):  # a kubeconfig kept in a cluster settings block
-        from caliban_flows.blocks.kubernetes import kube_config_from_block
-
-        config = kube_config_from_block(placement["cluster_block"])
-    return Kubernetes.from_record(placement, config_dict=config)
+    return Kubernetes.from_record(placement, config_dict=kube_config(placement))
 
 
 ENTRY = PlatformEntry(
@@ -25,4 +30,5 @@ ENTRY = PlatformEntry(
     open=_open,
     place=lambda p: (p.get("config_file"), p.get("context"), p.get("namespace")),
     default_max_qps=DEFAULT_MAX_QPS,
+    preload=("kubernetes.client",),
 )

@@ -6,17 +6,9 @@ from caliban_flows.platforms.registry import PlatformEntry
 
 
 def _open(placement: dict):
-    import docker
+    from caliban_flows.platforms.local.adapter import LocalDocker, docker_client
 
-    from caliban_flows.platforms.local.adapter import LocalDocker
-    from caliban_flows.spec.errors import CalibanError
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as e:
-        raise CalibanError(f"cannot reach a Docker engine ({e})") from None
-    return LocalDocker(client)
+    return LocalDocker(docker_client())
 
 
 ENTRY = PlatformEntry(

@@ -24,4 +24,5 @@ ENTRY = PlatformEntry(
     open=_open,
     place=lambda placement: (placement.get("project"), placement.get("region")),
     default_max_qps=DEFAULT_MAX_QPS,
+    preload=("google.cloud.aiplatform_v1",),
 )
