@@ -14,7 +14,15 @@ from caliban_flows.flows.interrupt import exit_even_if_stuck
 
 marker = Path(sys.argv[1])
 hang = sys.argv[2] == "hang"
-with exit_even_if_stuck(lambda: marker.write_text("stopped"), grace=1.0):
+said = threading.Event()  # on a busy machine the grace may end before the main thread prints
+
+
+def on_stuck():
+    said.wait(60)
+    marker.write_text("stopped")
+
+
+with exit_even_if_stuck(on_stuck, grace=1.0):
     if hang:  # what a wedged API call looks like: a thread that never ends, joined at exit
         threading.Thread(target=threading.Event().wait).start()
     print("ready", flush=True)
@@ -22,6 +30,7 @@ with exit_even_if_stuck(lambda: marker.write_text("stopped"), grace=1.0):
         threading.Event().wait()
     except KeyboardInterrupt:
         print("interrupted", flush=True)
+        said.set()
 sys.exit(3)
 """
 
