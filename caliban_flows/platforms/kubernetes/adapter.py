@@ -5,15 +5,15 @@ block's copy of one): its context and namespace come from the flags, else the ku
 
 Submission is concurrent (threads under asyncio, paced by a token bucket) and idempotent: a
 Job's name is derived from its key and attempt, so a create that is retried after a lost
-answer is refused with 409 AlreadyExists and the existing Job is read instead. Lists go by
-label selector, paged, and are parsed as plain JSON: the client's model deserializer costs
-about a millisecond per Job, which 1,000 Jobs would turn into a second.
+answer is refused with 409 AlreadyExists and the existing Job is read instead. The batch loop
+is shared with Vertex AI (`platforms/submit.py`). Lists go by label selector, paged, and are
+parsed as plain JSON: the client's model deserializer costs about a millisecond per Job, which
+1,000 Jobs would turn into a second.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -23,46 +23,15 @@ from functools import partial
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
 from caliban_flows.platforms.kubernetes import DEFAULT_MAX_QPS
 from caliban_flows.platforms.kubernetes import client as kube_client
+from caliban_flows.platforms.kubernetes.client import describe, retry_policy
+from caliban_flows.platforms.submit import SubmitError as SubmitError  # importable from here too
+from caliban_flows.platforms.submit import submit_paced
 from caliban_flows.spec import k8s_job as kj
 
 MAX_IN_FLIGHT = 8  # concurrent creates; the token bucket sets the pace
 PAGE_SIZE = 500
 CALL_TIMEOUT = 30.0
-RETRY_DEADLINE = 60.0
-TRANSIENT_STATUS = (429, 500, 502, 503, 504)
 _GKE_CONTEXT = re.compile(r"gke_(?P<project>[^_]+)_(?P<location>[^_]+)_(?P<cluster>.+)")
-
-
-class SubmitError(RuntimeError):
-    """Some jobs could not be submitted; the others were. Submitting again adds only those."""
-
-    def __init__(self, done: list[RemoteJob], failed: list[tuple[JobRequest, BaseException]]):
-        self.done = done
-        self.failed = failed
-        request, error = failed[0]
-        super().__init__(
-            f"{len(failed)} of {len(done) + len(failed)} jobs were not submitted "
-            f"(first: {request.name}: {describe(error)}); submit again to add only the missing ones"
-        )
-
-
-def describe(error: BaseException) -> str:
-    """One line: the Kubernetes Status message when there is one."""
-    body = getattr(error, "body", None)
-    if body:
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            status = json.loads(body)
-            return f"{status.get('code', getattr(error, 'status', ''))} {status['message']}"
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
-
-
-def transient(error: BaseException) -> bool:
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    if isinstance(error, kube_client.api_exception()):
-        return error.status in TRANSIENT_STATUS or error.status == 0
-    return isinstance(error, Urllib3Error | ConnectionError | TimeoutError)
 
 
 def gke_of(context: str | None) -> dict | None:
@@ -259,45 +228,27 @@ class Kubernetes:
         on_job: Callable[[RemoteJob, bool], None] = lambda job, new: None,
     ) -> list[RemoteJob]:
         """Create what the group lacks; every request's remote job, in order."""
-        from aiolimiter import AsyncLimiter
-
-        period = max(0.04, 1.0 / max_qps)
-        limiter = AsyncLimiter(max_qps * period, period)
-        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
         # Its own threads: asyncio's default pool has only cores + 4 (6 here).
         threads = ThreadPoolExecutor(MAX_IN_FLIGHT, thread_name_prefix="k8s-create")
-        existing: dict[tuple[str, int], RemoteJob] = {}
-        for xgroup in {r.xgroup for r in requests}:
-            async with limiter:
-                for job in await asyncio.to_thread(self.poll, xgroup):
-                    existing.setdefault((job.key, job.attempt), job)
-
-        async def one(request: JobRequest) -> RemoteJob:
-            found = existing.get((request.key, request.attempt))
-            if found is None:
-                async with gate:
-                    found = await self._create(limiter, threads, request)
-                on_job(found, True)
-            else:
-                on_job(found, False)
-            return found
-
         try:
-            results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+            return await submit_paced(
+                requests,
+                list_group=self._group_jobs,
+                create=partial(self._create, threads),
+                max_qps=max_qps,
+                max_in_flight=MAX_IN_FLIGHT,
+                on_job=on_job,
+                describe=describe,
+            )
         finally:
             threads.shutdown(wait=False)
-        failed = [(r, e) for r, e in zip(requests, results) if isinstance(e, BaseException)]
-        if failed:
-            raise SubmitError([j for j in results if isinstance(j, RemoteJob)], failed)
-        return list(results)
 
-    async def _create(self, limiter, threads, request: JobRequest) -> RemoteJob:
-        from tenacity import (
-            AsyncRetrying,
-            retry_if_exception,
-            stop_after_delay,
-            wait_random_exponential,
-        )
+    async def _group_jobs(self, limiter, xgroup: str) -> list[RemoteJob]:
+        async with limiter:  # one token for the whole paged list
+            return await asyncio.to_thread(self.poll, xgroup)
+
+    async def _create(self, threads, limiter, request: JobRequest) -> RemoteJob:
+        from tenacity import AsyncRetrying
 
         api_exception = kube_client.api_exception()
 
@@ -328,13 +279,7 @@ class Kubernetes:
                 )
             return there
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(transient),
-            wait=wait_random_exponential(multiplier=0.2, max=5.0),
-            stop=stop_after_delay(RETRY_DEADLINE),
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in AsyncRetrying(**retry_policy()):
             with attempt:
                 async with limiter:
                     job = await asyncio.get_running_loop().run_in_executor(threads, create)
@@ -414,15 +359,9 @@ class Kubernetes:
 
     @staticmethod
     def _retry(call):
-        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
+        from tenacity import Retrying
 
-        retrying = Retrying(
-            retry=retry_if_exception(transient),
-            wait=wait_random_exponential(multiplier=0.2, max=5.0),
-            stop=stop_after_delay(RETRY_DEADLINE),
-            reraise=True,
-        )
-        return retrying(call)
+        return Retrying(**retry_policy())(call)
 
 
 def manifest_for(request: JobRequest, resources: kj.Resources, namespace: str) -> dict:

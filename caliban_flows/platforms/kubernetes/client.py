@@ -1,15 +1,22 @@
 """The parts of the `kubernetes` client we call: its REST layer, BatchV1Api, CoreV1Api and the
 kubeconfig loader, without the ~700 model classes and every API group its package `__init__`s
 load (see `lean_import`). We read answers as JSON, so the models are never needed.
+
+Also how its errors read: which ones are worth retrying (and the retry policy every call
+uses), and one line for the user.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import json
 import sys
 from types import ModuleType
+from typing import Any
 
 from caliban_flows.platforms.lean_import import lean_or_full
+from caliban_flows.platforms.submit import first_line
 
 # Outermost first: a subpackage's spec is found through its parent's __path__.
 DEFERRED_PACKAGES = (
@@ -18,6 +25,8 @@ DEFERRED_PACKAGES = (
     "kubernetes.client.api",
     "kubernetes.client.models",
 )
+RETRY_DEADLINE = 60.0  # seconds of retrying one call before giving up on it
+TRANSIENT_STATUS = (429, 500, 502, 503, 504)
 
 
 def _lean() -> dict[str, object]:
@@ -66,3 +75,36 @@ def core_api(api_client) -> object:
 def config() -> ModuleType:
     """`kubernetes.config`: the kubeconfig loader, with exec plugins and client certificates."""
     return _names()["config"]
+
+
+def describe(error: BaseException) -> str:
+    """One line: the Kubernetes Status message when there is one."""
+    body = getattr(error, "body", None)
+    if body:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            status = json.loads(body)
+            return f"{status.get('code', getattr(error, 'status', ''))} {status['message']}"
+    return first_line(error)
+
+
+def transient(error: BaseException) -> bool:
+    """Worth another try: throttled, a server error, or the connection dropped."""
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(error, api_exception()):
+        return error.status in TRANSIENT_STATUS or error.status == 0
+    return isinstance(error, Urllib3Error | ConnectionError | TimeoutError)
+
+
+def retry_policy() -> dict[str, Any]:
+    """tenacity's settings for every API call (Retrying or AsyncRetrying): retry transient
+    errors with jittered exponential backoff for up to RETRY_DEADLINE seconds, then raise the
+    last error itself, not tenacity's RetryError."""
+    from tenacity import retry_if_exception, stop_after_delay, wait_random_exponential
+
+    return {
+        "retry": retry_if_exception(transient),
+        "wait": wait_random_exponential(multiplier=0.2, max=5.0),
+        "stop": stop_after_delay(RETRY_DEADLINE),
+        "reraise": True,
+    }

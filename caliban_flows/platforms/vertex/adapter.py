@@ -7,7 +7,8 @@ otherwise they use the regional endpoint and the user's application-default cred
 Submission is concurrent (one asyncio client), paced by a token bucket, retried with jittered
 exponential backoff, and idempotent: every job carries its key and attempt as labels, the group's
 jobs are listed once before submitting, and a retried create first looks for the job it may
-already have made (a lost response must not become a second job).
+already have made (a lost response must not become a second job). The batch loop is shared with
+Kubernetes (`platforms/submit.py`); listing and creating CustomJobs are this module's part.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.platforms.submit import SubmitError as SubmitError  # importable from here too
+from caliban_flows.platforms.submit import submit_paced
 from caliban_flows.platforms.vertex import DEFAULT_MAX_QPS
 from caliban_flows.platforms.vertex import client as vertex_client
 from caliban_flows.spec import vertex_job as vj
@@ -42,20 +46,6 @@ _STATES = {
     "JOB_STATE_PARTIALLY_SUCCEEDED": JobState.FAILED,
     "JOB_STATE_CANCELLED": JobState.STOPPED,
 }
-
-
-class SubmitError(RuntimeError):
-    """Some jobs could not be submitted; the others were. Submitting again adds only those."""
-
-    def __init__(self, done: list[RemoteJob], failed: list[tuple[JobRequest, BaseException]]):
-        self.done = done
-        self.failed = failed
-        request, error = failed[0]
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        super().__init__(
-            f"{len(failed)} of {len(done) + len(failed)} jobs were not submitted "
-            f"(first: {request.name}: {reason}); submit again to add only the missing ones"
-        )
 
 
 def _transient(exc: BaseException) -> bool:
@@ -194,40 +184,23 @@ class Vertex:
         `on_job(job, new)` is called once per request as soon as its job is known (new=False
         when it already existed remotely).
         """
-        from aiolimiter import AsyncLimiter
-
         if self.placement is None:
             raise ValueError("submitting needs a placement (machine, accelerators ...)")
-        # A leaky bucket holding 1/25 s of requests (at least one): any 1 s window sees at
-        # most 4% above the rate (above 25 QPS), any 10 s window at most 1% (above 10 QPS).
-        period = max(0.04, 1.0 / max_qps)
-        limiter = AsyncLimiter(max_qps * period, period)
-        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
         client = self.async_client()
-        xgroups = {r.xgroup for r in requests}
-        existing: dict[tuple[str, int], RemoteJob] = {}
-        for xgroup in xgroups:
-            for job in await self._list(client, limiter, group_filter(xgroup)):
-                existing.setdefault((job.key, job.attempt), job)
-
-        async def one(request: JobRequest) -> RemoteJob:
-            found = existing.get((request.key, request.attempt))
-            if found is not None:
-                on_job(found, False)
-                return found
-            async with gate:
-                job = await self._create(client, limiter, request)
-            on_job(job, True)
-            return job
-
         try:
-            results = await asyncio.gather(*(one(r) for r in requests), return_exceptions=True)
+            return await submit_paced(
+                requests,
+                list_group=partial(self._group_jobs, client),
+                create=partial(self._create, client, self.placement),
+                max_qps=max_qps,
+                max_in_flight=MAX_IN_FLIGHT,
+                on_job=on_job,
+            )
         finally:
             await client.transport.close()
-        failed = [(r, e) for r, e in zip(requests, results) if isinstance(e, BaseException)]
-        if failed:
-            raise SubmitError([j for j in results if isinstance(j, RemoteJob)], failed)
-        return list(results)
+
+    async def _group_jobs(self, client, limiter, xgroup: str) -> list[RemoteJob]:
+        return await self._list(client, limiter, group_filter(xgroup))
 
     async def _list(self, client, limiter, text: str) -> list[RemoteJob]:
         from google.api_core.retry_async import AsyncRetry
@@ -254,7 +227,9 @@ class Vertex:
         retry = AsyncRetry(predicate=_transient, initial=0.2, maximum=10.0, timeout=RETRY_DEADLINE)
         return await retry(listing)()
 
-    async def _create(self, client, limiter, request: JobRequest) -> RemoteJob:
+    async def _create(
+        self, client, placement: vj.Placement, limiter, request: JobRequest
+    ) -> RemoteJob:
         from google.api_core.retry_async import AsyncRetry
 
         labels = vj.job_labels(
@@ -269,7 +244,7 @@ class Vertex:
             image=request.image,
             args=request.args,
             labels=labels,
-            placement=self.placement,
+            placement=placement,
         )
         job = vertex_client.job_service().CustomJob(spec)
         mine = group_filter(
