@@ -15,7 +15,7 @@ import importlib.util
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 _lock = threading.RLock()
@@ -26,6 +26,7 @@ def _defer(name: str) -> None:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None or spec.submodule_search_locations is None:
         raise ImportError(f"{name} is not a package")
+    loader = spec.loader  # a local: mypy keeps the None check above for it inside `complete`
     module = importlib.util.module_from_spec(spec)
 
     def complete(attr: str):
@@ -38,13 +39,14 @@ def _defer(name: str) -> None:
         with _lock:
             if module.__dict__.pop("__getattr__", None) is not None:
                 try:
-                    spec.loader.exec_module(module)
+                    loader.exec_module(module)
                 except BaseException:
-                    module.__getattr__ = complete
+                    module.__dict__["__getattr__"] = complete
                     raise
         return getattr(module, attr)
 
-    module.__getattr__ = complete
+    # Through __dict__: a module-level __getattr__ is a global of the module (PEP 562).
+    module.__dict__["__getattr__"] = complete
     sys.modules[name] = module
     parent, _, child = name.rpartition(".")
     if parent:
@@ -65,7 +67,7 @@ def lean_or_full(packages: Sequence[str], lean: Callable[[], T], full: Callable[
     with _lock:
         if top not in _done:
             _done[top] = full() if top in sys.modules else _lean_else_full(packages, lean, full)
-        return _done[top]
+        return cast(T, _done[top])  # what this package's lean() or full() gave
 
 
 def _lean_else_full(packages: Sequence[str], lean: Callable[[], T], full: Callable[[], T]) -> T:

@@ -13,10 +13,13 @@ import importlib
 import json
 import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caliban_flows.platforms.lean_import import lean_or_full
 from caliban_flows.platforms.submit import first_line
+
+if TYPE_CHECKING:
+    from kubernetes.client.exceptions import ApiException
 
 # Outermost first: a subpackage's spec is found through its parent's __path__.
 DEFERRED_PACKAGES = (
@@ -29,7 +32,7 @@ RETRY_DEADLINE = 60.0  # seconds of retrying one call before giving up on it
 TRANSIENT_STATUS = (429, 500, 502, 503, 504)
 
 
-def _lean() -> dict[str, object]:
+def _lean() -> dict[str, Any]:
     client = sys.modules["kubernetes.client"]
     api_client = importlib.import_module("kubernetes.client.api_client")
     configuration = importlib.import_module("kubernetes.client.configuration")
@@ -45,7 +48,7 @@ def _lean() -> dict[str, object]:
     }
 
 
-def _full() -> dict[str, object]:
+def _full() -> dict[str, Any]:
     from kubernetes import client, config
 
     return {
@@ -56,11 +59,12 @@ def _full() -> dict[str, object]:
     }
 
 
-def _names() -> dict[str, object]:
+# Any: the library has no type hints.
+def _names() -> dict[str, Any]:
     return lean_or_full(DEFERRED_PACKAGES, _lean, _full)
 
 
-def api_exception() -> type[Exception]:
+def api_exception() -> type[ApiException]:
     return _names()["ApiException"]
 
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from google.cloud.container_v1 import ClusterManagerClient
 
 GKE_ENDPOINT_ENV = "CALIBAN_GKE_ENDPOINT"
 COMPUTE_ENDPOINT_ENV = "CALIBAN_COMPUTE_ENDPOINT"
@@ -29,7 +33,7 @@ class Gke:
         self.credentials = credentials
         self.endpoint = os.environ.get(GKE_ENDPOINT_ENV) or None
         self.compute = os.environ.get(COMPUTE_ENDPOINT_ENV) or None
-        self._client = None
+        self._client: ClusterManagerClient | None = None
 
     def client(self):
         if self._client is None:
@@ -113,16 +117,16 @@ class Gke:
             if self.compute:
                 import httpx
 
-                response = httpx.get(url, timeout=CALL_TIMEOUT, trust_env=False)
-                status, body = response.status_code, response.json()
+                emulated = httpx.get(url, timeout=CALL_TIMEOUT, trust_env=False)
+                status, body = emulated.status_code, emulated.json()
             else:
                 import google.auth
                 from google.auth.transport.requests import AuthorizedSession
 
                 scopes = ["https://www.googleapis.com/auth/cloud-platform"]
                 credentials = self.credentials or google.auth.default(scopes=scopes)[0]
-                response = AuthorizedSession(credentials).get(url, timeout=CALL_TIMEOUT)
-                status, body = response.status_code, response.json()
+                real = AuthorizedSession(credentials).get(url, timeout=CALL_TIMEOUT)
+                status, body = real.status_code, real.json()
         except Exception as e:
             raise GkeError(f"cannot read the quotas of {region}: {_first_line(e)}") from None
         if status != 200:

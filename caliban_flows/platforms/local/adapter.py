@@ -16,6 +16,7 @@ from caliban_flows.platforms.base import (
     XGROUP_LABEL,
     JobRequest,
     JobState,
+    Platform,
     RemoteJob,
 )
 from caliban_flows.spec.docker_run_args import RunOptions, parse_run_words
@@ -231,3 +232,8 @@ def local_attempts(client, xgroup: str) -> dict[str, int]:
     for job in LocalDocker(client).poll(xgroup):
         latest[job.key] = max(latest.get(job.key, 0), job.attempt)
     return latest
+
+
+# The registry entry's `open` hands LocalDocker out as a Platform: this line has mypy check the
+# class against that protocol, so a missing or mistyped method fails `make lint`.
+_CHECKED_AS_PLATFORM: type[Platform] = LocalDocker

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
-from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.platforms.base import JobRequest, JobState, Platform, RemoteJob
 from caliban_flows.platforms.submit import SubmitError as SubmitError  # importable from here too
 from caliban_flows.platforms.submit import submit_paced
 from caliban_flows.platforms.vertex import DEFAULT_MAX_QPS
@@ -269,3 +269,8 @@ class Vertex:
 
         retry = AsyncRetry(predicate=_transient, initial=0.2, maximum=10.0, timeout=RETRY_DEADLINE)
         return await retry(create_unless_there)()
+
+
+# The registry entry's `open` hands Vertex out as a Platform: this line has mypy check the
+# class against that protocol, so a missing or mistyped method fails `make lint`.
+_CHECKED_AS_PLATFORM: type[Platform] = Vertex
