@@ -101,3 +101,29 @@ def remove_images(client, refs: list[str]) -> None:
     for ref in dict.fromkeys(refs):
         with contextlib.suppress(docker.errors.APIError):
             client.images.remove(ref, force=True)
+
+
+def sweep_requests(xgroup: str, n: int, *, platform: str, image: str, job_name: str) -> list:
+    """The JobRequests of an `{"i": [0..n-1]}` sweep of `trainer.train` on a prebuilt image,
+    made as a submission makes them today: the planner's job specs, recipe and job records
+    (`plan_group`: `job_specs`, `recipe`, `planned_jobs`), then one `JobRequest.of` per job, as
+    the group flow does (`expand_sweep`). No GPU, no user labels, first attempts."""
+    from caliban_flows.platforms.base import JobRequest
+    from caliban_flows.spec.entrypoint import PYTHON_MODULE
+    from caliban_flows.spec.experiment import ExperimentConfig
+    from caliban_flows.spec.jobspec import job_specs, planned_jobs, recipe, runs_what
+
+    specs = job_specs(
+        config=ExperimentConfig({"i": list(range(n))}),
+        script_args=[],
+        job_name=job_name,
+        image=image,
+        gpu_enabled=False,
+        tpu_enabled=False,
+    )
+    command = [*PYTHON_MODULE, "trainer.train"]
+    made = recipe(command=command, image=image, build=None, job_name=job_name, labels={},
+                  gpu=False, tpu=False)  # fmt: skip
+    jobs = planned_jobs(xgroup, specs, recipe=runs_what(command), platform=platform)
+    # A remote platform's recorded placement carries no GPU mode or docker run args.
+    return [JobRequest.of(xgroup, made, job) for job in jobs]

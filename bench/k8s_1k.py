@@ -34,30 +34,9 @@ JOB_NAME = "caliban_bench"
 
 
 def requests(xgroup: str, n: int) -> list:
-    from caliban_flows.platforms.base import JobRequest
-    from caliban_flows.spec.experiment import ExperimentConfig
-    from caliban_flows.spec.jobspec import job_keys, job_specs
-
-    specs = job_specs(
-        config=ExperimentConfig({"i": list(range(n))}),
-        script_args=[],
-        job_name=JOB_NAME,
-        image=IMAGE,
-        gpu_enabled=False,
-        tpu_enabled=False,
-    )
-    return [
-        JobRequest(
-            xgroup=xgroup,
-            key=key,
-            attempt=1,
-            name=s.name,
-            image=IMAGE,
-            args=tuple(s.args),
-            labels=dict(s.labels),
-        )
-        for key, s in zip(job_keys(xgroup, specs), specs)
-    ]
+    """The JobRequests of an `{"i": [0..n-1]}` sweep, as `caliban cluster job submit` and its
+    flow make them."""
+    return E.sweep_requests(xgroup, n, platform="kubernetes", image=IMAGE, job_name=JOB_NAME)
 
 
 def platform(kubeconfig: Path):

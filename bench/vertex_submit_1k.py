@@ -8,7 +8,7 @@ simulate mode (no containers, no image pull) with 0.05 s of latency added to eve
   server is started by an untimed 10-job warm-up submission in another xgroup, then timed runs,
   each a new 1,000-job xgroup.
 - `Vertex.submit_all(requests, max_qps=200)` alone, in this process, on JobRequests built as
-  `caliban cloud` builds them (keys from `jobspec.job_keys`).
+  `caliban cloud` builds them (records from `jobspec.planned_jobs`, then `JobRequest.of`).
 - The stand-in for Caliban 0.4.2's one-at-a-time submission: the same CustomJobs sent with the
   sync `aiplatform_v1.JobServiceClient`, one `create_custom_job` after another. When the first
   200 project to more than 60 s for all 1,000, it stops there and extrapolates.
@@ -58,24 +58,8 @@ def placement():
 
 
 def job_requests(xgroup: str, n: int) -> list:
-    """The JobRequests of an `{"i": [0..n-1]}` sweep, as run_cloud and the flow make them."""
-    from caliban_flows.platforms.base import JobRequest
-    from caliban_flows.spec.experiment import ExperimentConfig
-    from caliban_flows.spec.jobspec import job_keys, job_specs
-
-    specs = job_specs(
-        config=ExperimentConfig({"i": list(range(n))}),
-        script_args=[],
-        job_name=JOB_NAME,
-        image=IMAGE,
-        gpu_enabled=False,
-        tpu_enabled=False,
-    )
-    jobs = [
-        {"key": key, "attempt": 1, "name": s.name, "args": list(s.args), "labels": dict(s.labels)}
-        for key, s in zip(job_keys(xgroup, specs), specs)
-    ]
-    return [JobRequest.from_record(xgroup, IMAGE, job) for job in jobs]
+    """The JobRequests of an `{"i": [0..n-1]}` sweep, as `caliban cloud` and its flow make them."""
+    return E.sweep_requests(xgroup, n, platform="vertex", image=IMAGE, job_name=JOB_NAME)
 
 
 def submit(endpoint: str, requests: list, max_qps: float) -> float:
