@@ -103,12 +103,11 @@ def remove_images(client, refs: list[str]) -> None:
             client.images.remove(ref, force=True)
 
 
-def sweep_requests(xgroup: str, n: int, *, platform: str, image: str, job_name: str) -> list:
-    """The JobRequests of an `{"i": [0..n-1]}` sweep of `trainer.train` on a prebuilt image,
-    made as a submission makes them today: the planner's job specs, recipe and job records
-    (`plan_group`: `job_specs`, `recipe`, `planned_jobs`), then one `JobRequest.of` per job, as
-    the group flow does (`expand_sweep`). No GPU, no user labels, first attempts."""
-    from caliban_flows.platforms.base import JobRequest
+def sweep_jobs(xgroup: str, n: int, *, platform: str, image: str,
+               job_name: str) -> tuple[dict, list[dict]]:  # fmt: skip
+    """The recipe and the job records of an `{"i": [0..n-1]}` sweep of `trainer.train` on a
+    prebuilt image, made as a submission makes them today (`plan_group`: `job_specs`,
+    `recipe`, `planned_jobs`). No GPU, no user labels, first attempts."""
     from caliban_flows.spec.entrypoint import PYTHON_MODULE
     from caliban_flows.spec.experiment import ExperimentConfig
     from caliban_flows.spec.jobspec import job_specs, planned_jobs, recipe, runs_what
@@ -124,6 +123,14 @@ def sweep_requests(xgroup: str, n: int, *, platform: str, image: str, job_name: 
     command = [*PYTHON_MODULE, "trainer.train"]
     made = recipe(command=command, image=image, build=None, job_name=job_name, labels={},
                   gpu=False, tpu=False)  # fmt: skip
-    jobs = planned_jobs(xgroup, specs, recipe=runs_what(command), platform=platform)
+    return made, planned_jobs(xgroup, specs, recipe=runs_what(command), platform=platform)
+
+
+def sweep_requests(xgroup: str, n: int, *, platform: str, image: str, job_name: str) -> list:
+    """The JobRequests of that sweep (`sweep_jobs`): one `JobRequest.of` per job, as the group
+    flow makes them (`expand_sweep`)."""
+    from caliban_flows.platforms.base import JobRequest
+
+    made, jobs = sweep_jobs(xgroup, n, platform=platform, image=image, job_name=job_name)
     # A remote platform's recorded placement carries no GPU mode or docker run args.
     return [JobRequest.of(xgroup, made, job) for job in jobs]

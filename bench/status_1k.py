@@ -1,19 +1,32 @@
 """`caliban status --xgroup X` of a 1,000-job experiment group.
 
-The group is made directly instead of by running 1,000 jobs: 1,000 busybox containers with
-caliban's labels (created by the Docker SDK from 8 threads; some are started and exit at
-once, the rest stay "created"), and one flow run in the local Prefect server, created through
-its REST API, whose `jobs` parameter lists them. Starting a container costs ~0.2 s on this
-engine, so starts stop at half the jobs or after START_BUDGET_S, whichever comes first.
-The Prefect server starts in the background while the containers are made.
+The group is made directly instead of by running 1,000 jobs, but recorded as `caliban run`
+records a local group today. Its jobs and recipe are planned by the planner's own functions
+(`job_specs`, `recipe`, `planned_jobs`; bench/_engine.py). 1,000 busybox containers carry the
+labels the local adapter gives a job's container (created by the Docker SDK from 8 threads,
+running `true`; some are started and exit at once, the rest stay "created"). One flow run of
+`caliban-experiment-group` in the local Prefect server, made through its REST API, has the
+group flow's parameters (xgroup, platform, recipes, submission, placement, parallel, wait,
+limit; checked against the flow's signature) and tags (`group_tags`); the jobs are written
+onto it as `caliban-jobs` artifacts by `records.write(records.jobs_artifacts(...))`, as the
+`record-jobs` task writes them; its table and summary artifacts are published as the flow
+publishes them when it ends (`publish_group`); then it is COMPLETED. A local run gets no
+`caliban-final` artifact: only a remote run settled by reconcile does.
+Starting a container costs ~0.2 s on this engine, so starts stop at half the jobs or after
+START_BUDGET_S, whichever comes first. The Prefect server starts in the background while the
+containers are made. The script exits 1 if status does not list the recorded jobs with the
+expected states.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,50 +37,82 @@ JOBS, JSON_RUNS, TEXT_RUNS, THREADS = 1000, 7, 3, 8
 START_BUDGET_S = 55.0  # seconds spent starting containers, at most
 TARGET_S = 1.0  # seconds, median of --format json
 IMAGE = "busybox:latest"
-FLOW = "caliban-experiment-group"
+JOB_NAME = "caliban_bench"
+PLACEMENT = {"gpu": False, "run_args": []}  # local: `caliban run --nogpu`, no docker run args
 
 
-def make_group(client, url: str, xgroup: str, jobs: list[dict]) -> None:
-    """One COMPLETED flow run of FLOW tagged and parametrised as caliban's own are."""
-    import httpx
+def container_labels(request) -> dict[str, str]:
+    """A job's container labels, as the local adapter sets them (LocalDocker.submit)."""
+    from caliban_flows.platforms.base import ATTEMPT_LABEL, JOB_KEY_LABEL, XGROUP_LABEL
 
-    with httpx.Client(base_url=url, timeout=30, trust_env=False) as http:
-        response = http.post("/flows/", json={"name": FLOW})
+    return {
+        **{f"caliban.label.{k}": v for k, v in request.labels.items()},
+        XGROUP_LABEL: request.xgroup,
+        JOB_KEY_LABEL: request.key,
+        ATTEMPT_LABEL: str(request.attempt),
+    }
+
+
+def make_group(url: str, xgroup: str, recipe: dict, jobs: list[dict]) -> str:
+    """The group's flow run, recorded as `caliban run` records a local one; its id.
+
+    The parameters are what Prefect records for `experiment_group(...)` as the engine calls
+    it (run_group), the tags `group_tags`; the jobs go into `caliban-jobs` artifacts as the
+    `record-jobs` task writes them, and the table and summary artifacts as the flow publishes
+    them when it ends (`_publish`). The run ends COMPLETED, as the flow leaves it.
+    """
+    from caliban_flows.flows.experiment_group import experiment_group, group_tags
+    from caliban_flows.state import prefect_api, records
+    from caliban_flows.state.groups import FLOW_NAME
+    from caliban_flows.state.reconcile import Platforms, publish_group
+
+    parameters = {
+        "xgroup": xgroup,
+        "platform": "local",
+        "recipes": [recipe],
+        "submission": uuid.uuid4().hex,  # hand_over()'s id: the jobs travel beside the call
+        "placement": PLACEMENT,
+        "parallel": 1,
+        "wait": False,
+        "limit": None,
+    }
+    flow_params = list(inspect.signature(experiment_group.fn).parameters)
+    if sorted(parameters) != sorted(flow_params):
+        raise RuntimeError(f"the group flow's parameters are now {flow_params}: update the bench")
+    with prefect_api.client(url) as http:
+        response = http.post("/flows/", json={"name": FLOW_NAME})
         response.raise_for_status()
         body = {
             "flow_id": response.json()["id"],
-            "name": xgroup,
-            "tags": ["caliban", f"xgroup:{xgroup}", "platform:local"],
-            "parameters": {
-                "xgroup": xgroup,
-                "platform": "local",
-                "jobs": jobs,
-                "command": ["python", "-m", "trainer.train"],
-                "image": IMAGE,
-            },
-            "state": {"type": "COMPLETED"},
+            "name": xgroup,  # flow_run_name="{xgroup}"
+            "tags": group_tags(xgroup, "local"),
+            "parameters": parameters,
+            "state": {"type": "RUNNING"},
         }
-        http.post("/flow_runs/", json=body).raise_for_status()
+        response = http.post("/flow_runs/", json=body)
+        response.raise_for_status()
+        run_id = response.json()["id"]
+        records.write(http, records.jobs_artifacts(run_id, jobs))
+        publish_group(http, Platforms(), xgroup, run_id)
+        state = {"type": "COMPLETED", "message": f"{len(jobs)} jobs succeeded"}
+        prefect_api.set_state(http, run_id, state)
+    return run_id
 
 
 def main() -> None:
     info = E.up()
     client = info.client()
     os.environ.update(info.env())
+    from caliban_flows.platforms.base import JobRequest
     from caliban_flows.server import backend
-    from caliban_flows.spec.jobspec import job_key
 
     xgroup = f"bench-status-{E.unique()[:8]}"
-    jobs = []
-    for i in range(JOBS):
-        args = ["--i", str(i)]
-        key = job_key(xgroup, args)
-        jobs.append({"key": key, "attempt": 1, "name": f"caliban_bench_{i}", "args": args})
+    recipe, jobs = E.sweep_jobs(xgroup, JOBS, platform="local", image=IMAGE, job_name=JOB_NAME)
+    labels = [container_labels(JobRequest.of(xgroup, recipe, job, PLACEMENT)) for job in jobs]
 
-    def create(job: dict) -> str:
-        labels = {"caliban.xgroup": xgroup, "caliban.job_key": job["key"], "caliban.attempt": "1"}
+    def create(job_labels: dict[str, str]) -> str:
         # No network: starting is ~20% faster, and status only reads labels and states.
-        return client.containers.create(IMAGE, ["true"], labels=labels, network_mode="none").id
+        return client.containers.create(IMAGE, ["true"], labels=job_labels, network_mode="none").id
 
     ids: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +122,7 @@ def main() -> None:
             t0 = time.perf_counter()
             backend.start_in_background()
             with ThreadPoolExecutor(THREADS) as pool:
-                ids = list(pool.map(create, jobs))
+                ids = list(pool.map(create, labels))
                 t_created = time.perf_counter()
                 started = 0
                 for batch in range(0, JOBS // 2, THREADS * 4):
@@ -89,7 +134,7 @@ def main() -> None:
             t_started = time.perf_counter()
             url = backend.use_backend()
             t_ready = time.perf_counter()
-            make_group(client, url, xgroup, jobs)
+            run_id = make_group(url, xgroup, recipe, jobs)
             t_setup = time.perf_counter()
 
             status = [E.CALIBAN, "status", "--xgroup", xgroup]
@@ -117,22 +162,38 @@ def main() -> None:
     print(
         f"setup {t_setup - t0:.1f} s: {JOBS:,} containers created in {t_created - t0:.1f} s, "
         f"{started} started in {t_started - t_created:.1f} s, Prefect ready "
-        f"{t_ready - t_started:.1f} s later, flow run created in {t_setup - t_ready:.2f} s"
+        f"{t_ready - t_started:.1f} s later, flow run and its artifacts recorded in "
+        f"{t_setup - t_ready:.2f} s (importing Prefect included)"
     )
     print(f"cleanup: {len(ids):,} containers removed in {cleanup:.1f} s")
     C.table([("--format json", as_json), ("--format text", as_text)])
     print(f"json lists {len(rows):,} jobs: {json.dumps(states, sort_keys=True)}")
     print(f"text lists {text_jobs:,} job lines")
     expected = {"SUCCEEDED": started, "SUBMITTED": JOBS - started}
+    recorded = {
+        (j["key"], j["attempt"], j["experiment"], j["name"], tuple(j["args"])) for j in jobs
+    }
+    shown_rows = {
+        (r["key"], r["attempt"], r["experiment"], r["name"], tuple(r["args"])) for r in rows
+    }
+    of_run = all(
+        r["flow_run_id"] == run_id and r["image"] == IMAGE and r["command"] == recipe["command"]
+        for r in rows
+    )
     listed = len(rows) == JOBS and text_jobs == JOBS and states == expected
     shown = json.dumps(expected, sort_keys=True)
     print(f"states as expected ({shown}): {'yes' if listed else 'no'}")
+    as_recorded = shown_rows == recorded and of_run
+    print(f"jobs as recorded (key, attempt, experiment, name, args, run, recipe): "
+          f"{'yes' if as_recorded else 'no'}")  # fmt: skip
     m = C.median(as_json)
     C.verdict(
         f"--format json median <= {TARGET_S} s (got {m:.3f} s) AND {JOBS:,} jobs listed, "
         f"each SUCCEEDED or SUBMITTED",
-        m <= TARGET_S and listed,
+        m <= TARGET_S and listed and as_recorded,
     )
+    if not (listed and as_recorded):
+        sys.exit("status did not list the recorded group's jobs as expected")
 
 
 if __name__ == "__main__":
