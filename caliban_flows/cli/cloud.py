@@ -9,14 +9,7 @@ import typer
 
 from caliban_flows.cli import options as o
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
-from caliban_flows.plan import gcloud
-from caliban_flows.plan import project as sub
-
-
-def _block_settings(name: str | None) -> dict:
-    from caliban_flows.server.ready import block_settings
-
-    return block_settings("caliban_flows.blocks.vertex", name)
+from caliban_flows.cli.submit import submit_plan
 
 
 def cloud(
@@ -53,77 +46,33 @@ def cloud(
     pool: o.Pool = None,
 ) -> None:
     """Submit one Vertex AI training job per experiment."""
-    from caliban_flows.spec import accelerators as acc
-    from caliban_flows.spec import vertex_job as vj
-    from caliban_flows.state.limits import record
+    from caliban_flows.plan.options import VertexOptions
 
-    defaults = _block_settings(vertex_block)
-    gpu, tpu = sub.accelerators(nogpu, gpu_spec, tpu_spec)
-    where = gcloud.region(region or defaults.get("region"))
-    machine = machine_type or acc.default_machine_type(gpu=gpu, tpu=tpu)
-    if not force:
-        where = acc.parse_region(where)
-        machine = acc.parse_machine_type(machine)
-        acc.validate_cloud_resources(machine_type=machine, gpu=gpu, tpu=tpu, region=where)
-    p = sub.plan(
-        command="cloud",
-        module=module,
-        rest=rest,
-        experiment_config=experiment_config,
-        xgroup=xgroup,
-        dirs=dirs,
-        gpu=gpu is not None,
-        tpu=tpu is not None,
-        extras=extras,
-        prebuilt_image=image_tag,
-        name=name,
-        labels=label,
-    )
-    project = gcloud.project_id(project_id or defaults.get("project"))
-    accelerator = tpu or gpu  # one accelerator per Vertex machine; a TPU job runs on its host
-    placement = vj.Placement(
-        project=project,
-        region=where,
-        machine_type=machine,
-        accelerator_type=accelerator.accelerator_type if accelerator else None,
-        accelerator_count=accelerator.count if accelerator else 0,
-        service_account=service_account or defaults.get("service_account"),
-        network=network or defaults.get("network"),
-        spot=spot or bool(defaults.get("spot")),
-        timeout_seconds=vj.parse_timeout(timeout) if timeout else None,
-        restart_job_on_worker_restart=restart_on_worker_restart,
-    )
-    limit = record("vertex", p.xgroup, max_running, pool)
+    options = VertexOptions(
+        nogpu=nogpu, extras=extras or [], dirs=dirs or [], no_cache=no_cache,
+        max_running=max_running, pool=pool, wait=wait, gpu_spec=gpu_spec, tpu_spec=tpu_spec,
+        force=force, max_qps=max_qps, registry=registry, registry_block=registry_block,
+        project_id=project_id, region=region, machine_type=machine_type,
+        service_account=service_account, network=network, spot=spot, timeout=timeout,
+        restart_on_worker_restart=restart_on_worker_restart, vertex_block=vertex_block,
+    )  # fmt: skip
+    plan = submit_plan("cloud", module, rest, options, experiment_config=experiment_config,
+                       xgroup=xgroup, name=name, labels=label, image=image_tag,
+                       dry_run=dry_run)  # fmt: skip
     if dry_run:
-        _print_dry_run(p, placement, image_tag, gpu, tpu)
+        _print_dry_run(plan, image_tag)
         return
-    if image_tag is not None:  # bad input: say so before starting anything
-        import os
+    from caliban_flows.flows.engine import run_plan
 
-        from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
-
-        vj.check_image_uri(image_tag, emulator=bool(os.environ.get(ENDPOINT_ENV)))
-    from caliban_flows.flows.engine import run_cloud
-
-    raise typer.Exit(
-        run_cloud(
-            p,
-            placement,
-            image_tag=image_tag,
-            no_cache=no_cache,
-            registry=registry or defaults.get("registry"),
-            registry_block=registry_block,
-            max_qps=max_qps or defaults.get("max_qps"),
-            wait=wait,
-            vertex_block=vertex_block,
-            limit=limit,
-        )
-    )
+    raise typer.Exit(run_plan(plan))
 
 
-def _print_dry_run(p, placement, image_tag, gpu, tpu) -> None:
+def _print_dry_run(p, image_tag) -> None:
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
+
+    placement = p.placed.shown["placement"]
+    gpu, tpu = p.placed.gpu, p.placed.tpu
 
     where = (
         f"Accelerator: {acc.accelerator_config(gpu)}, machine: {placement.machine_type!r}, "
@@ -133,10 +82,10 @@ def _print_dry_run(p, placement, image_tag, gpu, tpu) -> None:
         where += f", tpu: {acc.accelerator_config(tpu)}"
     image = image_tag or "<built from this folder and pushed to the registry>"
     lines = [
-        f"Dry run: {len(p.jobs)} Vertex AI job(s) in xgroup {p.xgroup!r}, project "
+        f"Dry run: {len(p.specs)} Vertex AI job(s) in xgroup {p.xgroup!r}, project "
         f"{placement.project!r}, {'GPU' if gpu else 'CPU'} mode",
     ]
-    for key, job in zip((j["key"] for j in p.records("vertex")), p.jobs):
+    for key, job in zip((j["key"] for j in p.jobs), p.specs):
         tag = image_tag or job.labels.get("docker_image", "")
         labels = vj.job_labels(job.labels, xgroup=p.xgroup, key=key, attempt=1, image=tag)
         spec = vj.custom_job(

@@ -12,32 +12,12 @@ import socket
 import sys
 from pathlib import Path
 
-from caliban_flows.spec.errors import CalibanError, SpecError
+from caliban_flows.spec.errors import CalibanError
 
 WORKDIR = "/usr/app"
-CREDENTIALS_IN_CONTAINER = "/var/run/caliban/credentials.json"
 SESSION_LABEL = "caliban.session=interactive"
 FIRST_PORT = 8888
 PORT_SEARCH = 1000
-
-
-def credential_args(cloud_key: str | None) -> list[str]:
-    """Mount the service-account key read-only at run time; it never enters an image."""
-    key = cloud_key or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if not key:
-        return []
-    path = Path(key).expanduser().resolve()
-    if not path.is_file():
-        raise SpecError(
-            f"credentials {key!r} (from --cloud_key or $GOOGLE_APPLICATION_CREDENTIALS) "
-            "is not a file"
-        )
-    return [
-        "-v",
-        f"{path}:{CREDENTIALS_IN_CONTAINER}:ro",
-        "-e",
-        f"GOOGLE_APPLICATION_CREDENTIALS={CREDENTIALS_IN_CONTAINER}",
-    ]
 
 
 def free_port(start: int = FIRST_PORT) -> int:

@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 
 from caliban_flows.cli import options as o
-from caliban_flows.cli.interactive import credential_args, docker_argv, free_port, hand_over
+from caliban_flows.cli.interactive import docker_argv, free_port, hand_over
 from caliban_flows.cli.output import emit
 from caliban_flows.plan import project as sub
+from caliban_flows.plan.inputs import credential_args
 from caliban_flows.plan.push_target import require_push_target
 from caliban_flows.spec.errors import SpecError
 
@@ -182,37 +183,29 @@ def run(
     pool: o.Pool = None,
 ) -> None:
     """Run the code in a local Docker container, one job per experiment."""
-    from caliban_flows.state.limits import record
+    from caliban_flows.cli.submit import submit_plan
+    from caliban_flows.plan.options import LocalOptions
 
-    gpu = sub.gpu_mode(nogpu, None, None)
-    sub.check_local_gpu("run", gpu)
-    run_args = sub.docker_run_args(docker_run_args) + credential_args(cloud_key)
-    p = sub.plan(
-        command="run",
-        module=module,
-        rest=rest,
-        experiment_config=experiment_config,
-        xgroup=xgroup,
-        dirs=dirs,
-        gpu=gpu,
-        extras=extras,
-        prebuilt_image=image_id,
-    )
-    image = image_id or sub.PLACEHOLDER_IMAGE
-    limit = record("local", p.xgroup, max_running, pool)
+    options = LocalOptions(
+        nogpu=nogpu, extras=extras or [], dirs=dirs or [], no_cache=no_cache,
+        max_running=max_running, pool=pool, parallel=parallel, docker_run_args=docker_run_args,
+        cloud_key=cloud_key,
+    )  # fmt: skip
+    p = submit_plan("run", module, rest, options, experiment_config=experiment_config,
+                    xgroup=xgroup, image=image_id, dry_run=dry_run)  # fmt: skip
     if not dry_run:
-        from caliban_flows.flows.engine import run_local
+        from caliban_flows.flows.engine import run_plan
 
-        code = run_local(p, image_id=image_id, run_args=run_args, no_cache=no_cache,
-                         parallel=parallel, limit=limit)  # fmt: skip
-        raise typer.Exit(code)
-    mode = "GPU" if gpu else "CPU"
+        raise typer.Exit(run_plan(p))
+    image = image_id or sub.PLACEHOLDER_IMAGE
+    mode = "GPU" if p.placement["gpu"] else "CPU"
+    run_args = p.placement["run_args"]
     docker = ["docker", "run", "--ipc", "host", "-e", "PYTHONUNBUFFERED=1", *run_args, image]
     lines = [
-        f"Dry run: {len(p.jobs)} job(s) in xgroup {p.xgroup!r}, {mode} mode, "
+        f"Dry run: {len(p.specs)} job(s) in xgroup {p.xgroup!r}, {mode} mode, "
         f"image {'built from ' + os.getcwd() if image_id is None else image_id}",
     ]
-    for job in p.jobs:
+    for job in p.specs:
         lines += [
             f"Job {job.index} - Experiment args: {list(job.args)}",
             f"Job {job.index} - Command: {shlex.join(p.entrypoint.command(job.args))}",

@@ -245,3 +245,11 @@ Pool = Annotated[
         help="Share the --max_running cap with every group that names this pool.",
     ),
 ]
+Kubeconfig = Annotated[
+    str | None,
+    typer.Option(
+        "--kubeconfig",
+        metavar="PATH",
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
+    ),
+]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from caliban_flows.flows.interrupt import EXIT_CODE, exit_even_if_stuck
-from caliban_flows.plan import project as sub
-from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts
+from caliban_flows.platforms.local.adapter import docker_client
 from caliban_flows.server.ready import check_external_api, prefect_ready, start_backend_early
 from caliban_flows.spec.errors import CalibanError, SpecError
+
+if TYPE_CHECKING:
+    from caliban_flows.plan.group import GroupPlan
 
 
 def _show_build_line(line: str) -> None:
@@ -48,17 +53,6 @@ def push_here(tag: str, target) -> str:
 
         image_pushed(pushed.reference, local_tag=tag)
     return pushed.reference
-
-
-def build_recipe(plan: sub.Plan, *, gpu: bool) -> dict:
-    """What a resubmit needs to rebuild the image from the current code."""
-    return {
-        "root": plan.root,
-        "module": plan.entrypoint.target,
-        "gpu": gpu,
-        "extras": list(plan.extras),
-        "dirs": list(plan.dirs),
-    }
 
 
 def run_group(
@@ -177,161 +171,80 @@ def ensure_limit(limit: dict) -> None:
         raise CalibanError(str(e)) from None
 
 
-def run_local(plan: sub.Plan, *, image_id: str | None, run_args: list[str], no_cache: bool,
-              parallel: int, limit: dict | None = None) -> int:  # fmt: skip
-    client = docker_client()
-    start_backend_early()
-    if image_id is not None:
-        import docker.errors
+def run_plan(plan: GroupPlan) -> int:
+    """Run a planned submission from the terminal: check what it will use, build (and push)
+    its image if it has none, then run the group; 0 when it all went well."""
+    from caliban_flows.platforms import registry
 
-        try:
-            client.images.get(image_id)
-        except docker.errors.ImageNotFound:
-            raise SpecError(
-                f"--image_id {image_id!r} is not an image on this Docker engine"
-            ) from None
-    gpu = engine_gpu(client, plan.gpu)
-    dockerfile = plan.dockerfile
-    if gpu != plan.gpu and image_id is None:
-        dockerfile = sub.dockerfile(
-            gpu=False, extras=plan.extras, dirs=plan.dirs, entrypoint=plan.entrypoint
-        )
-    previous = local_attempts(client, plan.xgroup)
-    next_attempts = {key: n + 1 for key, n in previous.items()}
-    build = None
-    image = image_id
-    if image_id is None:
-        # Built here, overlapping the server's start; the flow's build task then finds it
-        # (and records it) instead of building while nothing else can happen.
-        image = build_here(dockerfile, no_cache=no_cache).tag
-        build = {"dockerfile": dockerfile, "no_cache": no_cache, **build_recipe(plan, gpu=gpu)}
-    return run_group(
-        xgroup=plan.xgroup,
-        platform="local",
-        placement={"gpu": gpu, "run_args": list(run_args)},
-        recipes=[plan.recipe(image, build, gpu=gpu)],
-        jobs=plan.records("local", next_attempts),
-        parallel=parallel,
-        limit=limit,
-    )
-
-
-def cloud_image(dockerfile: str, *, project: str, region: str, image_tag: str | None = None,
-                no_cache: bool = False, registry: str | None = None,
-                registry_block: str | None = None) -> str:  # fmt: skip
-    """The image Vertex will pull: --image_tag as given, else built here and pushed."""
-    from caliban_flows.plan.push_target import PushTarget, push_target
-    from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
-    from caliban_flows.spec.vertex_job import check_image_uri
-
-    emulator = bool(os.environ.get(ENDPOINT_ENV))
-    if image_tag is not None:
-        return check_image_uri(image_tag, emulator=emulator)
-    target = push_target(registry, registry_block) or PushTarget(
-        f"{region}-docker.pkg.dev/{project}/caliban"
-    )
-    check_image_uri(f"{target.registry.rstrip('/')}/x", emulator=emulator)  # before building
-    built = build_here(dockerfile, no_cache=no_cache)
-    return push_here(built.tag, target)
-
-
-def run_cloud(plan: sub.Plan, placement, *, image_tag, no_cache, registry, registry_block,
-              max_qps, wait, vertex_block: str | None = None,
-              attempts: dict[str, int] | None = None,
-              limit: dict | None = None) -> int:  # fmt: skip
-    """Submit the plan's jobs to Vertex AI as one flow run of the group."""
-    from dataclasses import asdict
-
-    check_external_api()  # before building: a dead API must not cost a build and a push
-    start_backend_early()
-    image = cloud_image(plan.dockerfile, project=placement.project, region=placement.region,
-                        image_tag=image_tag, no_cache=no_cache, registry=registry,
-                        registry_block=registry_block)  # fmt: skip
-    vertex = {
-        "project": placement.project,
-        "region": placement.region,
-        "placement": asdict(placement),
-        "max_qps": max_qps,
-        "credentials_block": vertex_block,
-    }
-    code = _run_remote(plan, "vertex", image, vertex, prebuilt=image_tag is not None,
-                       registry=registry, no_cache=no_cache, wait=wait, limit=limit,
-                       attempts=attempts)  # fmt: skip
-    if code == 0 and not wait:
-        print(
-            f"follow them with: caliban status --xgroup {plan.xgroup}\n"
-            "or in the console: https://console.cloud.google.com/vertex-ai/training/custom-jobs"
-            f"?project={placement.project}",
-            file=sys.stderr,
-        )
+    entry = registry.get(plan.platform)
+    if entry.remote:
+        check_external_api()  # before building: a dead API must not cost a build and a push
+    plan = prepare_image(plan, early=start_backend_early)
+    code = run_group(**plan.group_args())
+    if code == 0 and entry.remote and not plan.wait:
+        print(f"follow them with: caliban status --xgroup {plan.xgroup}", file=sys.stderr)
+        hint = entry.follow(plan.placement)
+        if hint:
+            print(hint, file=sys.stderr)
     return code
 
 
-def cluster_push_target(gke: dict | None, registry: str | None, registry_block: str | None):
-    """Where images for the cluster go: the registry named, else on GKE the project's
-    Artifact Registry in the cluster's region; none is bad input."""
+def prepare_image(plan: GroupPlan, *, early=None) -> GroupPlan:
+    """The plan with its image: a given one checked, else built from the project folder and,
+    for a remote platform, pushed where it pulls from. `early` runs once every input is
+    checked, before the build (the CLI starts the Prefect server there, overlapping it)."""
+    recipe = plan.recipes[0]
+    if recipe["image"] is not None:
+        _check_image(plan.platform, recipe["image"])
+        if early:
+            early()
+        return plan
+    build = recipe["build"]
+    target = push_target_for(plan.platform, plan.placement, build)  # bad input: before building
+    if early:
+        early()
+    with inside(build["root"]):
+        built = build_here(build["dockerfile"], no_cache=bool(build.get("no_cache")))
+        image = built.tag if target is None else push_here(built.tag, target)
+    return plan.with_image(image)
+
+
+def push_target_for(platform: str, placement: dict | None, build: dict):
+    """Where a built image goes for `platform`: None for a local one; else the registry the
+    recipe names (flag, block, environment, .calibanconfig.json), else the platform's
+    default for this placement; none at all is bad input."""
     from caliban_flows.plan.push_target import HINT, PushTarget, push_target
+    from caliban_flows.platforms import registry
 
-    target = push_target(registry, registry_block)
-    if target is None and gke is not None:
-        from caliban_flows.spec.gke import region_of
-
-        region = region_of(gke["location"])
-        target = PushTarget(f"{region}-docker.pkg.dev/{gke['project']}/caliban")
+    entry = registry.get(platform)
+    if not entry.remote:
+        return None
+    with inside(build["root"]):  # .calibanconfig.json may name the registry
+        target = push_target(build.get("registry"), build.get("registry_block"))
     if target is None:
-        raise SpecError(f"no registry the cluster can pull from: {HINT}")
+        default = entry.default_registry(placement or {})
+        if default is None:
+            raise SpecError(f"no registry {entry.title} can pull from: {HINT}")
+        target = PushTarget(default)
+    _check_image(platform, f"{target.registry.rstrip('/')}/x")
     return target
 
 
-def cluster_image(dockerfile: str, target, *, no_cache: bool = False) -> str:
-    """Build here and push to `target` (a cluster_push_target): the image the cluster pulls."""
-    built = build_here(dockerfile, no_cache=no_cache)
-    return push_here(built.tag, target)
+def _check_image(platform: str, reference: str) -> None:
+    from caliban_flows.platforms import registry
+
+    registry.get(platform).check_image(reference)
 
 
-def run_cluster(
-    plan: sub.Plan,
-    platform,
-    *,
-    image_tag,
-    no_cache,
-    registry,
-    registry_block,
-    max_qps,
-    wait,
-    cluster_block: str | None = None,
-    attempts: dict[str, int] | None = None,
-    limit: dict | None = None,
-) -> int:
-    """Submit the plan's jobs to Kubernetes as one flow run of the group."""
-    check_external_api()
-    target = None
-    if image_tag is None:  # bad input: say so before starting anything
-        target = cluster_push_target(platform.gke, registry, registry_block)
-    start_backend_early()
-    image = image_tag or cluster_image(plan.dockerfile, target, no_cache=no_cache)
-    cluster = {**platform.record(), "cluster_block": cluster_block, "max_qps": max_qps}
-    code = _run_remote(plan, "kubernetes", image, cluster, prebuilt=image_tag is not None,
-                       registry=registry, no_cache=no_cache, wait=wait, limit=limit,
-                       attempts=attempts)  # fmt: skip
-    if code == 0 and not wait:
-        print(f"follow them with: caliban status --xgroup {plan.xgroup}", file=sys.stderr)
-    return code
-
-
-def _run_remote(plan: sub.Plan, platform: str, image: str, placement: dict, *, prebuilt: bool,
-                registry, no_cache, wait, limit, attempts) -> int:  # fmt: skip
-    """One flow run of the group on a remote platform, at `placement`. A built image records
-    how to rebuild it, for resubmit."""
-    build = None
-    if not prebuilt:
-        build = {**build_recipe(plan, gpu=plan.gpu), "registry": registry, "no_cache": no_cache}
-    return run_group(
-        xgroup=plan.xgroup,
-        platform=platform,
-        placement=placement,
-        recipes=[plan.recipe(image, build)],
-        jobs=plan.records(platform, attempts),  # attempt 1: reruns add none
-        wait=wait,
-        limit=limit,
-    )
+@contextlib.contextmanager
+def inside(root: str) -> Iterator[None]:
+    """In the recipe's project folder, where its files (and Docker's context) are."""
+    before = Path.cwd()
+    if Path(root).resolve() == before.resolve():
+        yield
+        return
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -86,33 +86,12 @@ def _rebuild(platform: str, placement: dict | None, build: dict) -> tuple[str, s
     """Build the recipe's image from its project folder's current code; for a remote
     platform, push it where that platform pulls from. The reference and the Dockerfile."""
     from caliban_flows.flows import engine
-    from caliban_flows.platforms import registry
 
-    placement = placement or {}
     with _inside(build["root"]):
         dockerfile = _dockerfile(build)
-        if not registry.get(platform).remote:
-            return engine.build_here(
-                dockerfile, no_cache=build.get("no_cache", False)
-            ).tag, dockerfile
-        if platform == "vertex":
-            pushed = engine.cloud_image(
-                dockerfile, project=placement["project"], region=placement["region"],
-                registry=build.get("registry"), registry_block=build.get("registry_block"),
-            )  # fmt: skip
-            return pushed, dockerfile
-        if platform == "kubernetes":
-            from caliban_flows.platforms.kubernetes.adapter import gke_of
-
-            target = engine.cluster_push_target(
-                gke_of(placement.get("context")), build.get("registry"), build.get("registry_block")
-            )
-            return engine.cluster_image(dockerfile, target), dockerfile
-        from caliban_flows.plan.push_target import require_push_target
-
-        target = require_push_target(build.get("registry"), build.get("registry_block"))
-        built = engine.build_here(dockerfile, no_cache=build.get("no_cache", False))
-        return engine.push_here(built.tag, target), dockerfile
+        target = engine.push_target_for(platform, placement, build)
+        built = engine.build_here(dockerfile, no_cache=bool(build.get("no_cache")))
+        return (built.tag if target is None else engine.push_here(built.tag, target)), dockerfile
 
 
 def _dockerfile(build: dict) -> str:

@@ -48,3 +48,25 @@ def current_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary uid in a container
         return f"user{os.getuid()}"
+
+
+CREDENTIALS_IN_CONTAINER = "/var/run/caliban/credentials.json"
+
+
+def credential_args(cloud_key: str | None) -> list[str]:
+    """Mount the service-account key read-only at run time; it never enters an image."""
+    key = cloud_key or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if not key:
+        return []
+    path = Path(key).expanduser().resolve()
+    if not path.is_file():
+        raise SpecError(
+            f"credentials {key!r} (from --cloud_key or $GOOGLE_APPLICATION_CREDENTIALS) "
+            "is not a file"
+        )
+    return [
+        "-v",
+        f"{path}:{CREDENTIALS_IN_CONTAINER}:ro",
+        "-e",
+        f"GOOGLE_APPLICATION_CREDENTIALS={CREDENTIALS_IN_CONTAINER}",
+    ]

@@ -1,4 +1,5 @@
-"""What every job-running command shares: checking the command line and planning the jobs.
+"""The project folder as the planner reads it: the command line's script args, the entry point,
+extra dirs, .calibanconfig.json, the Dockerfile, accelerators and `docker run` args.
 
 All of it runs before anything is built or submitted, so a bad input never half-submits.
 """
@@ -9,16 +10,11 @@ import os
 import platform
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-from caliban_flows.plan.inputs import current_user, load_experiment_config, read_text
+from caliban_flows.plan.inputs import current_user, read_text
 from caliban_flows.spec.entrypoint import Entrypoint, resolve_entrypoint
 from caliban_flows.spec.errors import SpecError
-from caliban_flows.spec.experiment import ExperimentConfig
-from caliban_flows.spec.jobspec import JobSpec, default_job_name, default_xgroup, job_specs
-from caliban_flows.spec.labels import parse_label
 
 CALIBANCONFIG = ".calibanconfig.json"
 PLACEHOLDER_IMAGE = "dry_run_tag"  # what Caliban's dry runs showed before a build
@@ -150,97 +146,6 @@ def accelerators(
     if use_gpu and gpu is None:
         gpu = acc.default_gpu_spec()
     return gpu, tpu
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A checked submission: the code to run, the group, and every job."""
-
-    entrypoint: Entrypoint
-    xgroup: str
-    job_name: str
-    gpu: bool
-    dirs: tuple[str, ...]
-    jobs: list[JobSpec]
-    extras: tuple[str, ...] = ()
-    dockerfile: str | None = None  # None when a prebuilt image is used
-    root: str = ""  # the project folder
-    labels: tuple[tuple[str, str], ...] = ()  # --label KEY=VALUE
-    tpu: bool = False
-
-    @property
-    def runs(self) -> str:
-        """What the experiments run (the entry point); with the args, an experiment's identity
-        in its group."""
-        from caliban_flows.spec.jobspec import runs_what
-
-        return runs_what(self.entrypoint.command())
-
-    def recipe(self, image: str | None, build: dict | None, gpu: bool | None = None) -> dict:
-        """How every job of this submission runs: entry point, image, how to rebuild it."""
-        from caliban_flows.spec.jobspec import recipe
-
-        return recipe(command=self.entrypoint.command(), image=image, build=build,
-                      job_name=self.job_name, labels=dict(self.labels),
-                      gpu=self.gpu if gpu is None else gpu, tpu=self.tpu)  # fmt: skip
-
-    def records(self, platform: str, attempts: dict[str, int] | None = None) -> list[dict]:
-        """Every job of this submission on `platform`, as the group records it."""
-        from caliban_flows.spec.jobspec import planned_jobs
-
-        return planned_jobs(
-            self.xgroup, self.jobs, recipe=self.runs, platform=platform, attempts=attempts
-        )
-
-
-def plan(
-    *,
-    command: str,
-    module: str,
-    rest: Sequence[str] | None,
-    experiment_config: str | None,
-    xgroup: str | None,
-    dirs: Sequence[str] | None,
-    gpu: bool,
-    tpu: bool = False,
-    extras: Sequence[str] | None = None,
-    prebuilt_image: str | None = None,
-    name: str | None = None,
-    labels: Sequence[str] | None = None,
-) -> Plan:
-    """Check the whole command line and plan every job; raises SpecError on any bad input.
-
-    With `prebuilt_image` (--image_id / --image_tag) nothing is built, so the project's
-    image inputs are not checked.
-    """
-    args = script_args(command, module, rest)
-    entrypoint = resolve_module(module)
-    checked_dirs = check_dirs(dirs)
-    config: ExperimentConfig | None = (
-        load_experiment_config(experiment_config) if experiment_config is not None else None
-    )
-    user = current_user()
-    job_name = name or default_job_name(user)
-    if not job_name.strip():
-        raise SpecError("--name must not be empty")
-    group = xgroup if xgroup is not None else default_xgroup(user, datetime.now())
-    if not group.strip():
-        raise SpecError("--xgroup must not be empty")
-    user_labels = tuple(parse_label(label) for label in labels or ())
-    jobs = job_specs(
-        config=config,
-        script_args=args,
-        job_name=job_name,
-        image=prebuilt_image or PLACEHOLDER_IMAGE,
-        gpu_enabled=gpu,
-        tpu_enabled=tpu,
-        user_labels=list(user_labels),
-    )
-    text = None
-    if prebuilt_image is None:  # fail now, not at build time
-        text = dockerfile(gpu=gpu, extras=extras, dirs=checked_dirs, entrypoint=entrypoint)
-    return Plan(entrypoint, group, job_name, gpu, checked_dirs, jobs, tuple(extras or ()), text,
-                root=str(Path.cwd().resolve()), labels=user_labels, tpu=tpu)  # fmt: skip
 
 
 def env_default(*names: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from caliban_flows.platforms.base import Platform
 from caliban_flows.spec.errors import SpecError
@@ -33,6 +34,19 @@ class PlatformEntry:
     default_max_qps: float = 10.0
     # Client modules a submission imports while the Prefect server starts (the two overlap).
     preload: tuple[str, ...] = ()
+    # Where a built image goes when no registry is named, from the placement; None: nowhere
+    # (a remote platform then needs --registry). Local images stay on the engine.
+    default_registry: Callable[[dict], str | None] = lambda placement: None
+    # Checks an image reference the platform will use (given, or where a build will be
+    # pushed) before anything starts; SpecError when it cannot work.
+    check_image: Callable[[str], object] = lambda reference: None
+    # One line telling where to follow a submitted group outside caliban (a console URL).
+    follow: Callable[[dict], str | None] = lambda placement: None
+    # For a platform registered from outside: its options (a subclass of plan.options'
+    # SubmitOptions; None: only the options every platform takes) and the placement the
+    # planner records, from (options, probe). caliban_flows.plan plans the built-in ones.
+    options: type | None = None
+    placement: Callable[[Any, bool], dict] = lambda options, probe: {}
 
 
 _ENTRIES: dict[str, PlatformEntry] = {}

@@ -159,28 +159,3 @@ def job_specs(
         )
         specs.append(JobSpec(index, f"{job_name}_{index}", args, exp, labels))
     return specs
-
-
-def job_records(
-    xgroup: str,
-    specs: Sequence[JobSpec],
-    attempts: Mapping[str, int] | None = None,
-    **extra: object,
-) -> list[dict]:
-    """The group's record of each job (a flow run parameter): key, attempt, name, args, labels.
-
-    `attempts` maps a key to the attempt this submission makes (default 1); `extra` goes into
-    every record (e.g. gpu and run_args for local jobs).
-    """
-    attempts = attempts or {}
-    return [
-        {
-            "key": key,
-            "attempt": attempts.get(key, 1),
-            "name": spec.name,
-            "args": list(spec.args),
-            "labels": dict(spec.labels),
-            **extra,
-        }
-        for key, spec in zip(job_keys(xgroup, specs), specs)
-    ]

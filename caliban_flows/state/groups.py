@@ -43,11 +43,6 @@ class GroupRun:
     limit: dict | None = None  # --max_running: the Prefect limit's name and the cap
     version: int = 2  # 1: jobs, image, command and build in the run's parameters
 
-    @property
-    def record(self) -> dict | None:
-        """The platform's recorded settings."""
-        return self.placement
-
     def recipe_of(self, job: dict) -> dict:
         return self.recipes[job.get("recipe", 0)]
 

@@ -14,13 +14,11 @@ Prefect's REST API through httpx, as in reconcile.py: no `prefect` import.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 
 from caliban_flows.platforms.base import RemoteJob
-from caliban_flows.spec.errors import SpecError
-from caliban_flows.spec.vertex_job import xgroup_id
+from caliban_flows.spec.limits import limit_name  # noqa: F401 (callers import it here)
 from caliban_flows.state.groups import (
     GroupRun,
     read_group_runs,
@@ -30,40 +28,15 @@ from caliban_flows.state.groups import (
 
 LOCK_LEASE_SECONDS = 60  # Prefect's shortest lease: a crashed round frees the pool after it
 LOCK_WAIT_SECONDS = 60.0
-_POOL = re.compile(r"[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?")
-_PLAIN = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 
 
 class LimitError(RuntimeError):
     """The limit could not be read or written in Prefect: one line."""
 
 
-def limit_name(platform: str, xgroup: str, pool: str | None = None) -> str:
-    """The Prefect limit's name: per pool if one is named, else per group."""
-    if pool is not None:
-        if not _POOL.fullmatch(pool):
-            raise SpecError(
-                f"--pool {pool!r}: use 1-42 lowercase letters, digits and dashes, "
-                "starting and ending with a letter or digit"
-            )
-        return f"caliban-{platform}-pool-{pool}"
-    # Readable in the UI where the name allows; Prefect refuses '/', '%', '&', '<' and '>'.
-    shown = xgroup if _PLAIN.fullmatch(xgroup) else xgroup_id(xgroup)
-    return f"caliban-{platform}-xgroup-{shown}"
-
-
 def limit_tag(name: str) -> str:
     """The tag on every flow run counted against the limit."""
     return f"limit:{name}"
-
-
-def record(platform: str, xgroup: str, max_running: int | None, pool: str | None) -> dict | None:
-    """What a group's run records of its cap (the flow's `limit` parameter)."""
-    if max_running is None:
-        if pool is not None:
-            raise SpecError("--pool needs --max_running N")
-        return None
-    return {"name": limit_name(platform, xgroup, pool), "max_running": max_running}
 
 
 def ensure(http, limit: dict) -> None:

@@ -307,8 +307,10 @@ def test_a_deployment_run_sweeps_on_the_local_engine(stack):
 
 def test_a_deployment_run_submits_to_vertex(stack, emulator):
     xgroup = f"dv-{uuid.uuid4().hex[:8]}"
+    typed = {**VERTEX, "project_id": VERTEX["project"]}
+    del typed["project"]
     run_id = stack.run("sweep", xgroup=xgroup, platform="vertex", image=IMAGE,
-                       experiment_config={"i": [1, 2]}, platform_options=VERTEX)  # fmt: skip
+                       experiment_config={"i": [1, 2]}, vertex=typed)  # fmt: skip
     run = stack.ended(run_id)
     assert run["state"]["type"] == "COMPLETED", (run["state"], stack.worker_log())
     assert "2 jobs submitted to Vertex AI" in run["state"]["message"]
@@ -323,6 +325,19 @@ def test_a_deployment_run_submits_to_vertex(stack, emulator):
     group = group_run(stack, rows)
     assert {"caliban", f"xgroup:{xgroup}", "platform:vertex"} <= set(group["tags"])
     assert group["state"]["type"] == "COMPLETED"  # settled by status once the jobs ended
+
+
+def test_typed_options_are_checked_before_a_run_is_created(stack):
+    deployment = stack.deployment("sweep")
+    bad = {"xgroup": "typo", "platform": "vertex", "vertex": {"projcet": "p"}}
+    response = stack.api.post(f"/deployments/{deployment['id']}/create_flow_run",
+                              json={"parameters": bad})  # fmt: skip
+    assert response.status_code in (409, 422), response.text
+    assert "projcet" in response.text
+    wrong_type = {"xgroup": "typo", "platform": "local", "local": {"parallel": "many"}}
+    response = stack.api.post(f"/deployments/{deployment['id']}/create_flow_run",
+                              json={"parameters": wrong_type})  # fmt: skip
+    assert response.status_code in (409, 422), response.text
 
 
 @pytest.fixture(scope="module")

@@ -340,5 +340,5 @@ def test_no_registry_the_cluster_can_pull_from_is_bad_input(simulated, project):
     done = cli(*SUBMIT, "trainer.train", env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
-    assert "no registry the cluster can pull from" in done.stderr
+    assert "no registry Kubernetes can pull from" in done.stderr
     assert emulator.jobs() == []

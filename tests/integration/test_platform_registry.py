@@ -61,13 +61,20 @@ SCENARIO = textwrap.dedent(
             yield b""
 
 
+    from caliban_flows.plan.options import SubmitOptions
+
+    class ToyOptions(SubmitOptions):  # max_running, wait ... come with it
+        zone: str
+
     registry.register(registry.PlatformEntry(
-        name="toy", title="the toy platform", open=Toy, place=lambda p: (p.get("zone"),)
+        name="toy", title="the toy platform", open=Toy, place=lambda p: (p.get("zone"),),
+        options=ToyOptions, placement=lambda options, probe: {"zone": options.zone},
     ))
 
     from caliban_flows.flows import engine
     from caliban_flows.flows.resubmit import resubmit
-    from caliban_flows.plan import project
+    from caliban_flows.plan.group import GroupRequest, plan_group
+    from caliban_flows.plan.inputs import load_experiment_config
     from caliban_flows.state import prefect_api
     from caliban_flows.state.reconcile import Platforms, reconcile, stop_jobs
 
@@ -86,12 +93,12 @@ SCENARIO = textwrap.dedent(
     def seen(got):
         return [(r["args"], r["state"], r["attempt"], r["platform"]) for r in got]
 
-    plan = project.plan(command="toy", module="train.py", rest=["--", "--zone", "z1"],
-                        experiment_config="exp.json", xgroup=XGROUP, dirs=None, gpu=False)
-    steps["run"] = engine.run_group(
-        xgroup=XGROUP, platform="toy", placement={"zone": "z1"},
-        recipes=[plan.recipe("toy.example/train:1", None)], jobs=plan.records("toy"),
+    request = GroupRequest(
+        platform="toy", module="train.py", options={"zone": "z1"}, script_args=["--zone", "z1"],
+        experiment_config=load_experiment_config("exp.json"), xgroup=XGROUP,
+        image="toy.example/train:1", root=os.getcwd(),
     )
+    steps["run"] = engine.run_plan(plan_group(request))
     runs, got = rows()
     steps["status"] = seen(got)
     with prefect_api.client() as http:

@@ -15,7 +15,9 @@ ALLOWED = {
     # A platform finds its credentials in its own Prefect block (blocks/), when one is named.
     "platforms": ("spec", "platforms", "blocks"),
     # A push target named by a Prefect block loads it once the backend is ready (server.ready).
-    "plan": ("spec", "plan", "server"),
+    # Planning reads a platform's own facts (a kubeconfig's contexts, the local engine's GPU
+    # runtime and earlier attempts) through its package; platforms never import plan.
+    "plan": ("spec", "plan", "server", "platforms"),
     # The embedded Prefect server and its readiness; lean_httpx is the top-level module.
     "server": ("spec", "server", "lean_httpx"),
 }

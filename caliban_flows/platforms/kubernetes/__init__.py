@@ -21,7 +21,18 @@ def kube_config(placement: dict) -> dict | None:
 def _open(placement: dict):
     from caliban_flows.platforms.kubernetes.adapter import Kubernetes
 
-    return Kubernetes.from_record(placement, config_dict=kube_config(placement))
+    return Kubernetes.from_placement(placement, config_dict=kube_config(placement))
+
+
+def _default_registry(placement: dict) -> str | None:
+    """On GKE, the project's Artifact Registry in the cluster's region; else none."""
+    from caliban_flows.platforms.kubernetes.adapter import gke_of
+    from caliban_flows.spec.gke import region_of
+
+    gke = gke_of(placement.get("context"))
+    if gke is None:
+        return None
+    return f"{region_of(gke['location'])}-docker.pkg.dev/{gke['project']}/caliban"
 
 
 ENTRY = PlatformEntry(
@@ -31,4 +42,5 @@ ENTRY = PlatformEntry(
     place=lambda p: (p.get("config_file"), p.get("context"), p.get("namespace")),
     default_max_qps=DEFAULT_MAX_QPS,
     preload=("kubernetes.client",),
+    default_registry=_default_registry,
 )

@@ -91,27 +91,16 @@ class Kubernetes:
         self._api = None
 
     @classmethod
-    def from_record(cls, record: dict, config_dict: dict | None = None) -> Kubernetes:
-        """From a group's recorded `cluster` settings (a flow run parameter)."""
-        resources = kj.Resources(**record["resources"]) if record.get("resources") else None
+    def from_placement(cls, placement: dict, config_dict: dict | None = None) -> Kubernetes:
+        """From a group's recorded placement (plan/placement.py wrote it)."""
+        kept = placement.get("resources")
         return cls(
-            context=record.get("context"),
-            namespace=record.get("namespace"),
-            config_file=record.get("config_file"),
+            context=placement.get("context"),
+            namespace=placement.get("namespace"),
+            config_file=placement.get("config_file"),
             config_dict=config_dict,
-            resources=resources,
+            resources=kj.Resources(**kept) if kept else None,
         )
-
-    def record(self) -> dict:
-        """What a group records to find this place again (no credentials in it)."""
-        from dataclasses import asdict
-
-        return {
-            "context": self.context,
-            "namespace": self.namespace,
-            "config_file": self.config_file,
-            "resources": asdict(self.resources) if self.resources else None,
-        }
 
     def _context_and_namespace(self, context: str | None) -> tuple[str | None, str | None]:
         """The same resolution as --dry_run's (kubeconfig.choose), but a kubeconfig with no

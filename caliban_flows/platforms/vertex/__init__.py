@@ -15,7 +15,23 @@ def _open(placement: dict):
         from caliban_flows.blocks.vertex import credentials_from_block
 
         credentials = credentials_from_block(placement["credentials_block"])
-    return Vertex.from_record(placement, credentials=credentials)
+    return Vertex.from_placement(placement, credentials=credentials)
+
+
+def _check_image(reference: str) -> str:
+    import os
+
+    from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
+    from caliban_flows.spec.vertex_job import check_image_uri
+
+    return check_image_uri(reference, emulator=bool(os.environ.get(ENDPOINT_ENV)))
+
+
+def _follow(placement: dict) -> str:
+    return (
+        "or in the console: https://console.cloud.google.com/vertex-ai/training/custom-jobs"
+        f"?project={placement.get('project')}"
+    )
 
 
 ENTRY = PlatformEntry(
@@ -25,4 +41,8 @@ ENTRY = PlatformEntry(
     place=lambda placement: (placement.get("project"), placement.get("region")),
     default_max_qps=DEFAULT_MAX_QPS,
     preload=("google.cloud.aiplatform_v1",),
+    # The project's Artifact Registry in the jobs' region.
+    default_registry=lambda p: f"{p['region']}-docker.pkg.dev/{p['project']}/caliban",
+    check_image=_check_image,
+    follow=_follow,
 )

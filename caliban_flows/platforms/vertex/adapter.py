@@ -102,8 +102,8 @@ class Vertex:
         self._sync = None
 
     @classmethod
-    def from_record(cls, vertex: dict, credentials=None) -> Vertex:
-        """From a group's recorded `vertex` settings (a flow run parameter)."""
+    def from_placement(cls, vertex: dict, credentials=None) -> Vertex:
+        """From a group's recorded placement (plan/placement.py wrote it)."""
         placement = vj.Placement(**vertex["placement"]) if vertex.get("placement") else None
         project, region = vertex["project"], vertex["region"]
         return cls(project, region, placement=placement, credentials=credentials)

@@ -1,0 +1,201 @@
+"""`caliban cluster ls / create / delete`: the clusters in your kubeconfig, and GKE clusters
+with node autoprovisioning."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from caliban_flows.cli import options as o
+from caliban_flows.cli.output import NOTHING_DONE
+from caliban_flows.plan import project as sub
+from caliban_flows.spec.errors import CalibanError, SpecError
+
+
+class ReleaseChannel(str, Enum):
+    UNSPECIFIED = "UNSPECIFIED"
+    RAPID = "RAPID"
+    REGULAR = "REGULAR"
+    STABLE = "STABLE"
+
+
+def ls(
+    project_id: o.ProjectId = None,
+    cloud_key: o.CloudKey = None,
+    cluster_name: o.ClusterName = None,
+    zone: o.Zone = None,
+    kubeconfig: o.Kubeconfig = None,
+) -> None:
+    """List the clusters in your kubeconfig and, with a project, its GKE clusters."""
+    from caliban_flows.platforms.kubernetes import client as kube_client
+
+    config = kube_client.config()
+    try:
+        contexts, active = config.list_kube_config_contexts(kubeconfig)
+    except config.ConfigException:
+        contexts, active = [], None
+    rows = [
+        (
+            "*" if active and c["name"] == active["name"] else "",
+            c["name"],
+            (c.get("context") or {}).get("cluster", ""),
+            (c.get("context") or {}).get("namespace") or "default",
+        )
+        for c in contexts
+    ]
+    print("kubeconfig contexts:" if rows else "kubeconfig contexts: none")
+    _table(("", "CONTEXT", "CLUSTER", "NAMESPACE"), rows)
+    project = project_id or sub.env_default("PROJECT_ID")
+    if project is None:
+        return
+    from caliban_flows.platforms.kubernetes.gke import Gke, GkeError, limits_of
+
+    try:
+        clusters = Gke(project).clusters(zone or "-")
+    except GkeError as e:
+        why = f"cannot list the GKE clusters of project {project!r}: {e}"
+        if project_id:  # asked for by name: a failure
+            raise CalibanError(why) from None
+        print(f"note: {why} (project from $PROJECT_ID)", file=sys.stderr)
+        return
+    if cluster_name:
+        clusters = [c for c in clusters if c.name == cluster_name]
+    print(
+        f"\nGKE clusters in project {project}:" if clusters else f"\nno GKE clusters in {project}"
+    )
+    _table(
+        ("NAME", "LOCATION", "STATUS", "VERSION", "GPU LIMITS"),
+        [
+            (
+                c.name,
+                c.location,
+                c.status.name,
+                c.current_master_version,
+                ", ".join(f"{k}={v}" for k, v in limits_of(c).items() if k.startswith("nvidia-"))
+                or "-",
+            )
+            for c in clusters
+        ],
+    )
+
+
+def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    if not rows:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, show_edge=False, pad_edge=False)
+    for name in header:
+        table.add_column(name, no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    Console(width=200, soft_wrap=True).print(table)
+
+
+def _gke(project_id: str | None):
+    from caliban_flows.plan import gcloud
+    from caliban_flows.platforms.kubernetes.gke import Gke
+
+    return Gke(gcloud.project_id(project_id))
+
+
+def create(
+    project_id: o.ProjectId = None,
+    cloud_key: o.CloudKey = None,
+    cluster_name: o.ClusterName = None,
+    zone: o.Zone = None,
+    dry_run: o.DryRun = False,
+    release_channel: Annotated[
+        ReleaseChannel,
+        typer.Option("--release_channel", "--release-channel", help="GKE release channel."),
+    ] = ReleaseChannel.REGULAR,
+    single_zone: Annotated[
+        bool,
+        typer.Option(
+            "--single_zone", "--single-zone", help="One zone for all nodes (default: regional)."
+        ),
+    ] = False,
+) -> None:
+    """Create a GKE cluster with node autoprovisioning, its limits from your quota."""
+    from caliban_flows.platforms.kubernetes.gke import GkeError
+    from caliban_flows.spec import gke as gs
+
+    if not cluster_name:
+        raise SpecError("cluster create needs --cluster_name")
+    gs.check_cluster_name(cluster_name)
+    where = zone or "us-central1-a"
+    region = gs.region_of(where)
+    gke = _gke(project_id)
+    try:
+        quotas, zones = gke.quotas(region)
+    except GkeError as e:
+        raise CalibanError(str(e)) from None
+    request = gs.create_request(
+        project=gke.project,
+        zone=where,
+        name=cluster_name,
+        single_zone=single_zone,
+        release_channel=release_channel.value,
+        limits=gs.resource_limits(quotas),
+        zones=zones,
+    )
+    if dry_run:
+        print(json.dumps(request, indent=2))
+        print(NOTHING_DONE)
+        return
+    location = where if single_zone else region
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    say(f"creating cluster {cluster_name} in project {gke.project} in {location} ...")
+    say(f"follow it at {gs.console_url(gke.project, location, cluster_name)}")
+    try:
+        operation = gke.create(request)
+        gke.wait(location, operation)
+    except GkeError as e:
+        raise CalibanError(f"cluster {cluster_name!r} was not created: {e}") from None
+    say(f"created cluster {cluster_name}")
+    say(
+        "next: gcloud container clusters get-credentials "
+        f"{cluster_name} --location {location} --project {gke.project}; then install the "
+        "NVIDIA driver daemonset for GPU nodes (see the README)"
+    )
+
+
+def delete(
+    project_id: o.ProjectId = None,
+    cloud_key: o.CloudKey = None,
+    cluster_name: o.ClusterName = None,
+    zone: o.Zone = None,
+    yes: o.Yes = False,
+) -> None:
+    """Delete a GKE cluster (running jobs die with it), after asking."""
+    from caliban_flows.cli.output import confirm as _confirm
+    from caliban_flows.platforms.kubernetes.gke import GkeError
+
+    gke = _gke(project_id)
+    try:
+        cluster = gke.find(cluster_name, zone)
+    except GkeError as e:
+        raise CalibanError(str(e)) from None
+    question = (
+        f"delete cluster {cluster.name} in {cluster.location} (project {gke.project})? its "
+        "running jobs die with it"
+    )
+    if not _confirm(question, yes):
+        print("nothing deleted")
+        return
+    try:
+        gke.wait(cluster.location, gke.delete(cluster.location, cluster.name))
+    except GkeError as e:
+        raise CalibanError(f"cluster {cluster.name!r} was not deleted: {e}") from None
+    print(f"deleted cluster {cluster.name}")
+
+
+def add_commands(app: typer.Typer) -> None:
+    app.command("ls")(ls)
+    app.command("create")(create)
+    app.command("delete")(delete)

@@ -1,0 +1,127 @@
+"""Where a submission's jobs run, from its platform's typed options: the placement a group
+records (no credentials in it), with every default resolved and every check made.
+
+`probe` asks the real world what a dry run must not touch: the Docker engine (GPU runtime,
+earlier attempts), the GKE cluster's GPU limits, the image's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from caliban_flows.plan import project as sub
+from caliban_flows.plan.options import KubernetesOptions, LocalOptions, VertexOptions
+
+
+@dataclass
+class Placed:
+    placement: dict  # what the group records
+    gpu: object = None  # the AcceleratorSpec (remote) or True (local GPU mode); None: CPU
+    tpu: object = None
+    registry: str | None = None  # where a built image goes, if the options name one
+    attempts: dict[str, int] = field(default_factory=dict)  # each job key's last attempt
+    shown: dict = field(default_factory=dict)  # for dry runs: the resolved objects
+
+
+def local(options: LocalOptions, *, xgroup: str, probe: bool) -> Placed:
+    from caliban_flows.plan.inputs import credential_args
+
+    gpu = sub.gpu_mode(options.nogpu, None, None)
+    sub.check_local_gpu("run", gpu)
+    run_args = sub.docker_run_args(options.docker_run_args) + credential_args(options.cloud_key)
+    attempts: dict[str, int] = {}
+    if probe:  # the engine decides: no NVIDIA runtime means CPU mode; reruns count up
+        from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts
+
+        client = docker_client()
+        gpu = engine_gpu(client, gpu)
+        attempts = local_attempts(client, xgroup)
+    return Placed({"gpu": gpu, "run_args": list(run_args)}, gpu or None, attempts=attempts)
+
+
+def vertex(options: VertexOptions, *, probe: bool) -> Placed:
+    from caliban_flows.plan import gcloud
+    from caliban_flows.server.ready import block_settings
+    from caliban_flows.spec import accelerators as acc
+    from caliban_flows.spec import vertex_job as vj
+
+    defaults = block_settings("caliban_flows.blocks.vertex", options.vertex_block)
+    gpu, tpu = sub.accelerators(options.nogpu, options.gpu_spec, options.tpu_spec)
+    region = gcloud.region(options.region or defaults.get("region"))
+    machine = options.machine_type or acc.default_machine_type(gpu=gpu, tpu=tpu)
+    if not options.force:
+        region = acc.parse_region(region)
+        machine = acc.parse_machine_type(machine)
+        acc.validate_cloud_resources(machine_type=machine, gpu=gpu, tpu=tpu, region=region)
+    accelerator = tpu or gpu  # one accelerator per Vertex machine; a TPU job runs on its host
+    placement = vj.Placement(
+        project=gcloud.project_id(options.project_id or defaults.get("project")),
+        region=region,
+        machine_type=machine,
+        accelerator_type=accelerator.accelerator_type if accelerator else None,
+        accelerator_count=accelerator.count if accelerator else 0,
+        service_account=options.service_account or defaults.get("service_account"),
+        network=options.network or defaults.get("network"),
+        spot=options.spot or bool(defaults.get("spot")),
+        timeout_seconds=vj.parse_timeout(options.timeout) if options.timeout else None,
+        restart_job_on_worker_restart=options.restart_on_worker_restart,
+    )
+    recorded = {
+        "project": placement.project,
+        "region": placement.region,
+        "placement": asdict(placement),
+        "max_qps": options.max_qps or defaults.get("max_qps"),
+        "credentials_block": options.vertex_block,
+    }
+    registry = options.registry or defaults.get("registry")
+    return Placed(recorded, gpu, tpu, registry, shown={"placement": placement})
+
+
+def kubernetes(options: KubernetesOptions, *, probe: bool) -> Placed:
+    from caliban_flows.plan.kubernetes import check_gpu_limits, target
+    from caliban_flows.platforms.kubernetes.adapter import gke_of
+    from caliban_flows.spec import k8s_job as kj
+
+    # Cluster capacity, not Vertex's catalog, bounds counts here; the type must still exist.
+    gpu, tpu = sub.accelerators(
+        options.nogpu, options.gpu_spec, options.tpu_spec, validate_count=False
+    )
+    where = target(
+        context=options.context,
+        namespace=options.namespace,
+        kubeconfig=options.kubeconfig,
+        block=options.cluster_block,
+        cluster_name=options.cluster_name,
+        project_id=options.project_id,
+        zone=options.zone,
+    )
+    defaults = where.defaults
+    gke = gke_of(where.context)
+    backoff = options.backoff_limit
+    resources = kj.resources(
+        min_cpu=options.min_cpu,
+        min_mem=options.min_mem,
+        gpu=gpu,
+        tpu=tpu,
+        nonpreemptible=options.nonpreemptible,
+        nonpreemptible_tpu=options.nonpreemptible_tpu,
+        tpu_driver=options.tpu_driver,
+        gke=gke is not None,
+        backoff_limit=backoff
+        if backoff is not None
+        else defaults.get("backoff_limit", kj.DEFAULT_BACKOFF_LIMIT),
+    )
+    if probe:
+        where.connect(resources)  # a kubeconfig with no context to use: jobs must go somewhere
+        if gke and gpu and not options.force:
+            check_gpu_limits(gke, gpu)
+    recorded = {
+        "context": where.context,
+        "namespace": where.namespace,
+        "config_file": where.kubeconfig,
+        "resources": asdict(resources),
+        "cluster_block": options.cluster_block,
+        "max_qps": options.max_qps or defaults.get("max_qps"),
+    }
+    registry = options.registry or defaults.get("registry")
+    return Placed(recorded, gpu, tpu, registry, shown={"target": where, "resources": resources})
