@@ -31,4 +31,11 @@ def submit_plan(command: str, module: str, rest: Sequence[str] | None, options, 
         image=image,
         root=os.getcwd(),
     )
-    return plan_group(request, probe=not dry_run)
+    checked = None
+    if not dry_run and request.platform == "local":
+        # Overlap the Prefect server's start with the engine checks and the build, as soon as
+        # the command line is known good. (Remote submissions first check a Prefect API.)
+        from caliban_flows.server.ready import start_backend_early
+
+        checked = start_backend_early
+    return plan_group(request, probe=not dry_run, checked=checked)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
 from caliban_flows.plan import placement as places
 from caliban_flows.plan import project as sub
@@ -57,7 +57,9 @@ class GroupPlan(BaseModel):
     platform: str
     placement: dict
     recipes: list[dict]  # each job names one by index; an image of None is built first
-    jobs: list[dict]  # experiment, key, attempt, name, args, recipe
+    # experiment, key, attempt, name, args, recipe: made by planned_jobs, so not validated
+    # again (a copy of each of 100,000 dicts would cost time and memory).
+    jobs: SkipValidation[list[dict]]
     parallel: int = 1
     wait: bool = False
     limit: dict | None = None
@@ -76,11 +78,14 @@ class GroupPlan(BaseModel):
         return self.model_copy(update={"recipes": recipes})
 
 
-def plan_group(request: GroupRequest, *, probe: bool = True) -> GroupPlan:
+def plan_group(
+    request: GroupRequest, *, probe: bool = True, checked: Callable[[], object] | None = None
+) -> GroupPlan:
     """Check the whole request and plan every job; SpecError (one line) on any bad input.
 
     `probe`: consult the Docker engine and the cluster as a real submission must; a dry run
-    passes False and touches nothing.
+    passes False and touches nothing. `checked` runs once the command line itself is known
+    good, before the probes (the CLI starts the Prefect server there, to overlap them).
     """
     from caliban_flows.plan.inputs import current_user
     from caliban_flows.spec.jobspec import (
@@ -110,6 +115,8 @@ def plan_group(request: GroupRequest, *, probe: bool = True) -> GroupPlan:
     with _inside(request.root):
         entrypoint = _entrypoint(request.module, request.root)
         dirs = sub.check_dirs(options.dirs) if request.root is not None else ()
+        if checked is not None:
+            checked()
         placed = _place(request.platform, options, xgroup=xgroup, probe=probe)
         gpu, tpu = placed.gpu is not None, placed.tpu is not None
         specs = job_specs(
