@@ -778,7 +778,10 @@ def container_kube(docker_client, tmp_path):
 
 def containers_of(docker_client, pod: client.V1Pod, **filters) -> list:
     label = {"label": f"{CONTAINER_POD_UID_LABEL}={pod.metadata.uid}"}
-    return docker_client.containers.list(all=True, filters={**label, **filters})
+    # ignore_removed: the emulator may remove one between Docker's list and the SDK's get.
+    return docker_client.containers.list(
+        all=True, filters={**label, **filters}, ignore_removed=True
+    )
 
 
 def wait_running(kube: Kube, name: str) -> client.V1Pod:
@@ -908,4 +911,4 @@ def test_stop_removes_every_container(docker_client, tmp_path) -> None:
         assert len(docker_client.containers.list(filters=selector)) == 1
     finally:
         emu.stop()
-    assert docker_client.containers.list(all=True, filters=selector) == []
+    assert docker_client.containers.list(all=True, filters=selector, ignore_removed=True) == []

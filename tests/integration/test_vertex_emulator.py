@@ -471,7 +471,7 @@ def test_container_job_cancel(container_emu, docker_client, pushed_image) -> Non
     client.cancel_custom_job(name=job.name)
     done = wait_state(client, job.name, S.JOB_STATE_CANCELLED, timeout=30)
     assert done.end_time
-    assert docker_client.containers.list(all=True, filters=selector) == []
+    assert docker_client.containers.list(all=True, filters=selector, ignore_removed=True) == []
 
 
 def test_container_timeout_and_pull_failure(container_emu, pushed_image) -> None:
