@@ -24,7 +24,9 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
+def _rows(xgroup: str | None) -> tuple[list, list[dict], list[str]]:
+    """The groups' runs and job rows, and one line per platform place that did not answer
+    (printed at once: its jobs show as UNKNOWN)."""
     from caliban_flows.lean_httpx import httpx
     from caliban_flows.server import backend
     from caliban_flows.server.ready import prefect_ready
@@ -34,11 +36,18 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict]]:
 
     known = backend.status()
     if known["mode"] == "local" and not known["initialized"]:
-        return [], []  # caliban has never recorded a group here: no server to start for that
+        return [], [], []  # caliban has never recorded a group here: no server to start for that
     url = prefect_ready()
+    warnings: list[str] = []
+
+    def warn(line: str) -> None:
+        warnings.append(line)
+        print(f"warning: {line}; its jobs show as UNKNOWN", file=sys.stderr, flush=True)
+
     try:
         with prefect_api.client(url) as http:
-            return reconcile(http, platforms(), xgroup)
+            runs, rows = reconcile(http, platforms(), xgroup, warn=warn)
+            return runs, rows, warnings
     except PlatformError as e:
         raise CalibanError(str(e)) from None
     except httpx.HTTPError as e:
@@ -100,30 +109,37 @@ def status(
     ] = None,
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.text,
 ) -> None:
-    """Show experiment groups, their experiments and jobs (reconciled with Docker first)."""
-    runs, rows = _rows(xgroup)
+    """Show experiment groups, their experiments and jobs (reconciled with Docker first).
+
+    Exits 1, after the whole output, when some platform did not answer."""
+    runs, rows, warnings = _rows(xgroup)
     if xgroup is not None and not runs:
         raise SpecError(f"no experiment group named {xgroup!r}")
     rows = _limit(rows, xgroup, max_jobs)
     if format is Format.json:
         print(json.dumps(rows, indent=2))
-        return
-    if format in (Format.table, Format.csv):
-        import pandas as pd
+    elif format in (Format.table, Format.csv):
+        _frame(rows, format)
+    else:
+        print(_text(rows) if rows else "no jobs yet")
+    if warnings:
+        raise typer.Exit(1)
 
-        frame = pd.DataFrame(rows)
-        if format is Format.csv:
-            sys.stdout.write(frame.to_csv(index=False))
-        else:
-            cols = ["xgroup", "name", "state", "attempt", "attempts", "exit_code", "args"]
-            print(frame[cols].to_string(index=False) if rows else "no jobs")
-        return
-    print(_text(rows) if rows else "no jobs yet")
+
+def _frame(rows: list[dict], format: Format) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    if format is Format.csv:
+        sys.stdout.write(frame.to_csv(index=False))
+    else:
+        cols = ["xgroup", "name", "state", "attempt", "attempts", "exit_code", "args"]
+        print(frame[cols].to_string(index=False) if rows else "no jobs")
 
 
 def _latest(xgroup: str) -> tuple[list, list[dict]]:
     """The group's runs and the newest attempt of each of its experiments."""
-    runs, rows = _rows(xgroup)
+    runs, rows, _ = _rows(xgroup)
     if not runs:
         raise SpecError(f"no experiment group named {xgroup!r}")
     return runs, _limit(rows, xgroup, 1)

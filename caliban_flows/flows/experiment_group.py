@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 from prefect import flow
 from prefect.states import Cancelled, Completed, Failed
@@ -16,11 +18,13 @@ LAST_RUN: dict[str, str] = {}
 
 
 def group_tags(xgroup: str, platform: str, limit: dict | None = None) -> list[str]:
-    """Tags that find a group's flow runs again (Prefect filters tags server-side)."""
+    """Tags that find a group's flow runs again (Prefect filters tags server-side), and the
+    process that runs it: set when the run is created, so no crash leaves a run without it."""
+    from caliban_flows.server.owner import owner_tag
     from caliban_flows.state.limits import limit_tag
 
     capped = [limit_tag(limit["name"])] if limit else []
-    return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}", *capped]
+    return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}", *capped, owner_tag()]
 
 
 # Jobs on their way into a flow run of this process. A group of 100,000 jobs is far beyond
@@ -82,7 +86,8 @@ def experiment_group(
         _publish(xgroup)
         return outcome
     try:
-        states = _run_all(requests, parallel, limit["name"] if limit else None)
+        with one_submitter(xgroup, platform):  # a second run of the group finds these jobs
+            states = _run_all(requests, parallel, limit["name"] if limit else None)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
         stop_running(xgroup, {r.key for r in requests})
         raise
@@ -102,14 +107,15 @@ def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record
 
     where = registry.get(platform).title
 
-    if limit:
-        submitted = fill_slots(limit["name"])
-        queued = len(requests) - len(submitted)
-        message = (f"{len(submitted)} jobs submitted to {where}, {queued} queued "
-                   f"behind --max_running {limit['max_running']}")  # fmt: skip
-    else:
-        submitted = submit_jobs(quote(requests), platform, record)
-        message = f"{len(submitted)} jobs submitted to {where}"
+    with one_submitter(xgroup, platform):  # a second submission waits, then finds them all
+        if limit:
+            submitted = fill_slots(limit["name"])
+            queued = len(requests) - len(submitted)
+            message = (f"{len(submitted)} jobs submitted to {where}, {queued} queued "
+                       f"behind --max_running {limit['max_running']}")  # fmt: skip
+        else:
+            submitted = submit_jobs(quote(requests), platform, record)
+            message = f"{len(submitted)} jobs submitted to {where}"
     if not wait:
         # Named so that its event is prefect.flow-run.Submitted: triggers on
         # prefect.flow-run.Completed fire once, when the jobs have ended.
@@ -122,6 +128,36 @@ def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record
     if failed:
         return Failed(message=f"{failed} of {len(ended)} jobs failed")
     return Completed(message=f"{len(ended)} jobs succeeded")
+
+
+SUBMITTER_WAIT_SECONDS = 900.0
+
+
+@contextlib.contextmanager
+def one_submitter(xgroup: str, platform: str) -> Iterator[None]:
+    """Hold the group's submission lease (state.leases) while its jobs are submitted: two
+    submissions of one group (a double Enter, two terminals, an overlapping schedule) take
+    turns, and the second finds the first one's jobs instead of creating them again."""
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.spec.limits import limit_name
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.leases import LeaseBusy, held
+
+    def waiting() -> None:
+        print(f"xgroup {xgroup!r} is being submitted by another caliban: waiting for it",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    name = f"{limit_name(platform, xgroup)}-submit"
+    with prefect_api.client(PREFECT_API_URL.value()) as http, contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(held(http, name, wait=SUBMITTER_WAIT_SECONDS, on_wait=waiting))
+        except LeaseBusy:
+            raise RuntimeError(
+                f"xgroup {xgroup!r} is still being submitted elsewhere after "
+                f"{SUBMITTER_WAIT_SECONDS:g} s: try again when it is done"
+            ) from None
+        yield
 
 
 def _run_all(requests: list[JobRequest], parallel: int, limit: str | None) -> list:

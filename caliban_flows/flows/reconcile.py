@@ -27,10 +27,13 @@ def reconcile_active_groups() -> str:
     done, failed = 0, 0
     with prefect_api.client(PREFECT_API_URL.value(), timeout=60) as http:
         for xgroup in active_xgroups(http):
-            try:
-                reconcile(http, platforms, xgroup, publish_all=True)
-                done += 1
-            except PlatformError as e:  # one unreachable platform must not starve the rest
-                logger.warning("xgroup %s: %s", xgroup, e)
-                failed += 1
+            unanswered: list[str] = []
+            try:  # one unreachable platform must not starve the rest
+                reconcile(http, platforms, xgroup, publish_all=True, warn=unanswered.append)
+            except PlatformError as e:
+                unanswered.append(str(e))
+            for line in unanswered:
+                logger.warning("xgroup %s: %s", xgroup, line)
+            done += not unanswered
+            failed += bool(unanswered)
     return f"{done} groups reconciled, {failed} could not be listed"

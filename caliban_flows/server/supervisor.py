@@ -54,13 +54,26 @@ def _die_with_parent_hook():
 
 
 def _active_runs(client: httpx.Client, url: str) -> int | None:
-    body = {"flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}}}
+    """Flow runs still at work. A run whose recorded process on this host died (a killed
+    `caliban run`) is not: the next reconcile round settles it, and it must not keep the
+    server up forever meanwhile. A remote group handed to its platform ("Submitted") is."""
+    body = {"flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}}, "limit": 200}
     try:
-        response = client.post(f"{url}/flow_runs/count", json=body, timeout=10.0)
+        response = client.post(f"{url}/flow_runs/filter", json=body, timeout=10.0)
         response.raise_for_status()
-        return int(response.json())
+        runs = response.json()
     except (httpx.HTTPError, ValueError):
         return None
+    return sum(1 for run in runs if keeps_server_up(run))
+
+
+def keeps_server_up(run: dict) -> bool:
+    """An active flow run (as the API gives it) whose process lives, or whose jobs are with
+    their platform; not one whose process on this host died."""
+    from caliban_flows.server.owner import alive, owner_of
+
+    handed_over = (run.get("state") or {}).get("name") == "Submitted"
+    return handed_over or alive(owner_of(run.get("tags"))) is not False
 
 
 def _idle_for(p: _Paths, ready_at: float) -> float:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from caliban_flows.platforms.base import JobState, RemoteJob
+from caliban_flows.server.owner import owner_of
 from caliban_flows.state import prefect_api
 
 FLOW_NAME = "caliban-experiment-group"
@@ -42,6 +43,8 @@ class GroupRun:
     final: tuple[RemoteJob, ...] | None = None
     limit: dict | None = None  # --max_running: the Prefect limit's name and the cap
     version: int = 2  # 1: jobs, image, command and build in the run's parameters
+    state_name: str = ""  # e.g. "Submitted": a remote run whose jobs are all handed over
+    owner: str | None = None  # the process that runs it (server.owner): host:pid:start
 
     def recipe_of(self, job: dict) -> dict:
         return self.recipes[job.get("recipe", 0)]
@@ -68,14 +71,9 @@ def read_group_runs(
     runs_filter: dict = {"tags": {"all_": wanted}}
     if states:
         runs_filter["state"] = {"type": {"any_": list(states)}}
-    body = {
-        "flows": {"name": {"any_": [FLOW_NAME]}},
-        "flow_runs": runs_filter,
-        "sort": "EXPECTED_START_TIME_ASC",
-    }
-    # A run created while paging lands last; one read twice is kept once.
-    runs = {run["id"]: run for run in prefect_api.paged(http, "/flow_runs/filter", body)}
-    ordered = sorted(runs.values(), key=lambda run: run.get("created") or "")
+    body = {"flows": {"name": {"any_": [FLOW_NAME]}}, "flow_runs": runs_filter}
+    runs = prefect_api.paged_runs(http, body)
+    ordered = sorted(runs, key=lambda run: run.get("created") or "")
     return _with_jobs(http, [_group_run(run) for run in ordered])
 
 
@@ -109,9 +107,8 @@ def active_xgroups(http) -> list[str]:
             "tags": {"all_": ["caliban"]},
             "state": {"type": {"any_": list(ACTIVE_RUN_STATES)}},
         },
-        "sort": "EXPECTED_START_TIME_ASC",
     }
-    runs = prefect_api.paged(http, "/flow_runs/filter", body)
+    runs = prefect_api.paged_runs(http, body)
     return list(dict.fromkeys((r.get("parameters") or {}).get("xgroup", "") for r in runs))
 
 
@@ -128,6 +125,8 @@ def _group_run(run: dict) -> GroupRun:
         state=state.get("type", "UNKNOWN"),
         message=state.get("message") or "",
         limit=params.get("limit"),
+        state_name=state.get("name") or "",
+        owner=owner_of(run.get("tags")),
     )
     if "recipes" in params:
         return GroupRun(
@@ -173,7 +172,7 @@ def final_rows(jobs: Iterable[RemoteJob]) -> list[dict]:
     return [{**{f: getattr(j, f) for f in fields}, "state": j.state.value} for j in jobs]
 
 
-def _remote(run: GroupRun) -> bool:
+def is_remote(run: GroupRun) -> bool:
     from caliban_flows.platforms import registry
 
     return registry.get(run.platform).remote
@@ -187,10 +186,25 @@ def where(run: GroupRun) -> tuple:
 
 
 Remote = dict[tuple, dict[tuple[str, int], RemoteJob]]
+POLL_DEADLINE = 10.0  # seconds all places together may take to answer one round
 
 
-def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[RemoteJob]]) -> Remote:
-    """The platforms' view of the runs' jobs: one `poll(run)` per place and group.
+class Unreached(dict):
+    """A place that did not answer (no engine, no credentials, a deleted cluster, offline):
+    no job of it is known this round, and `reason` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[RemoteJob]],
+                deadline: float | None = POLL_DEADLINE,
+                connect: Callable[[GroupRun], object] | None = None) -> Remote:  # fmt: skip
+    """The platforms' view of the runs' jobs: one `poll(run)` per place and group, all places
+    at once. A place that fails, or has not answered after `deadline` seconds, is Unreached.
+    `connect(run)`, if given, opens each place's client first, one after another: client
+    libraries import then, before the clock starts, and not in several threads at once.
 
     A place whose runs all settled with their jobs' end recorded is not asked again.
     """
@@ -198,12 +212,68 @@ def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[Remote
     for run in runs:
         places.setdefault(where(run), []).append(run)
     remote: Remote = {}
+    asked: dict[tuple, GroupRun] = {}
     for place, mine in places.items():
-        if all(r.final is not None and _remote(r) for r in mine):
+        if all(r.final is not None and is_remote(r) for r in mine):
             remote[place] = {(j.key, j.attempt): j for r in mine for j in r.final}
         else:
-            remote[place] = {(j.key, j.attempt): j for j in poll(mine[0])}
+            asked[place] = mine[0]
+    for place, run in list(asked.items()):
+        try:
+            if connect is not None:
+                connect(run)
+        except Exception as e:  # e.g. no engine, a kubeconfig without the recorded context
+            remote[place] = Unreached(_first_line(e))
+            del asked[place]
+    remote.update(_poll_all(asked, poll, deadline))
     return remote
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _poll_all(asked: dict[tuple, GroupRun], poll, deadline: float | None) -> Remote:
+    """Each place's jobs, polled in daemon threads: one that hangs past the deadline is left
+    behind (and cannot hold the process open at exit)."""
+    import threading
+    import time
+
+    answers: Remote = {}
+    lock = threading.Lock()
+
+    def ask(place: tuple, run: GroupRun) -> None:
+        try:
+            found: dict = {(j.key, j.attempt): j for j in poll(run)}
+        except Exception as e:  # any failure of one place is that place's alone
+            found = Unreached(_first_line(e))
+        with lock:
+            answers[place] = found
+
+    if len(asked) == 1 and deadline is None:  # nothing to wait for in parallel
+        [(place, run)] = asked.items()
+        ask(place, run)
+        return answers
+    threads = [threading.Thread(target=ask, args=item, daemon=True) for item in asked.items()]
+    for thread in threads:
+        thread.start()
+    end = None if deadline is None else time.monotonic() + deadline
+    for thread in threads:
+        thread.join(None if end is None else max(0.0, end - time.monotonic()))
+    with lock:
+        out = dict(answers)
+    for place, run in asked.items():
+        if place not in out:
+            out[place] = Unreached(
+                f"{run.platform} did not answer within {deadline:g} s for {run.xgroup!r}"
+            )
+    return out
+
+
+def unreached(remote: Remote) -> list[str]:
+    """One line per place that did not answer."""
+    return list(dict.fromkeys(v.reason for v in remote.values() if isinstance(v, Unreached)))
 
 
 def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
@@ -216,9 +286,13 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
     rows: dict[tuple[str, str, int], dict] = {}
     for run in runs:
         seen = remote[where(run)]
+        lost = seen.reason if isinstance(seen, Unreached) else None
+        ended = {(j.key, j.attempt): j for j in run.final or ()}
         for job in run.jobs:
-            found = seen.get((job["key"], job["attempt"]))
-            state = _state(run, found)
+            found = seen.get((job["key"], job["attempt"])) or ended.get(
+                (job["key"], job["attempt"])
+            )
+            state = JobState.UNKNOWN if lost else _state(run, found)
             recipe = run.recipe_of(job)
             rows[run.xgroup, job["key"], job["attempt"]] = {
                 "xgroup": run.xgroup,
@@ -232,49 +306,13 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
                 "exit_code": found.exit_code if found else None,
                 "remote_id": found.remote_id if found else None,
                 "console_url": found.console_url if found else None,
-                "detail": found.detail if found else None,
+                "detail": lost or (found.detail if found else None),
                 "image": recipe.get("image"),
                 "command": list(recipe.get("command") or []),
                 "created": run.created,
                 "flow_run_id": run.flow_run_id,
             }
     return list(rows.values())
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """What a remote group's flow run needs so that Prefect tells the truth."""
-
-    run: GroupRun
-    state: str  # the Prefect state type to set: COMPLETED, FAILED or CANCELLED
-    message: str
-    cancel: tuple[str, ...] = ()  # remote jobs to cancel first
-    final: tuple[RemoteJob, ...] | None = None  # every job ended: what to record for good
-
-
-def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
-    """Remote groups whose jobs all ended, or whose run was cancelled (e.g. in the UI)."""
-    out = []
-    for run in runs:
-        if not _remote(run):  # a local run is its jobs' process: it settles itself
-            continue
-        seen = remote.get(where(run), {})
-        found = [seen.get((j["key"], j["attempt"])) for j in run.jobs]
-        ended = all(j is None or j.state.terminal for j in found)
-        final = tuple(j for j in found if j is not None) if ended else None
-        if run.state in ("CANCELLING", "CANCELLED"):
-            live = tuple(j.remote_id for j in found if j is not None and not j.state.terminal)
-            if live or run.state == "CANCELLING" or run.final is None:
-                message = run.message or STOPPED_MESSAGE
-                out.append(Settlement(run, "CANCELLED", message, live, final))
-        elif run.state == "RUNNING" and found and all(j and j.state.terminal for j in found):
-            failed = sum(1 for j in found if j.state is not JobState.SUCCEEDED)
-            if failed:
-                settled = "FAILED", f"{failed} of {len(found)} jobs failed"
-            else:
-                settled = "COMPLETED", f"{len(found)} jobs succeeded"
-            out.append(Settlement(run, *settled, final=final))
-    return out
 
 
 def _state(run: GroupRun, found: RemoteJob | None) -> JobState:
@@ -286,7 +324,7 @@ def _state(run: GroupRun, found: RemoteJob | None) -> JobState:
         if run.state not in ("RUNNING", "PENDING", "SCHEDULED"):
             return JobState.UNKNOWN
         # A capped remote group submits its jobs as slots free.
-        return JobState.QUEUED if run.limit and _remote(run) else JobState.SUBMITTED
+        return JobState.QUEUED if run.limit and is_remote(run) else JobState.SUBMITTED
     if stopped and found.state is JobState.FAILED:
         return JobState.STOPPED
     return found.state

@@ -14,7 +14,6 @@ Prefect's REST API through httpx, as in reconcile.py: no `prefect` import.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
 from caliban_flows.platforms.base import RemoteJob
@@ -23,10 +22,10 @@ from caliban_flows.state.groups import (
     GroupRun,
     read_group_runs,
     remote_jobs,
+    unreached,
     where,
 )
 
-LOCK_LEASE_SECONDS = 60  # Prefect's shortest lease: a crashed round frees the pool after it
 LOCK_WAIT_SECONDS = 60.0
 
 
@@ -80,23 +79,18 @@ def _lock_name(name: str) -> str:
 
 @contextlib.contextmanager
 def pool_lock(http, name: str, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
-    """One round at a time per pool, across processes: a one-slot limit held by a lease."""
-    body = {"names": [_lock_name(name)], "slots": 1, "lease_duration": LOCK_LEASE_SECONDS}
-    deadline = time.monotonic() + wait
-    while True:
-        got = http.post("/v2/concurrency_limits/increment-with-lease", json=body)
-        if got.status_code != 423:
-            got.raise_for_status()
-            break
-        if time.monotonic() > deadline:
-            raise LimitError(f"the concurrency limit {name!r} stayed locked for {wait:g} s")
-        # Prefect says when to come back; never longer than a second, rounds are short.
-        time.sleep(min(1.0, float(got.headers.get("Retry-After", "0.2") or 0.2)))
-    lease = got.json()["lease_id"]
-    try:
+    """One round at a time per pool, across processes: a one-slot limit held by a lease,
+    renewed while the round goes on (a round at the real Vertex pace outlasts one lease)."""
+    from caliban_flows.state.leases import LeaseBusy, held
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(held(http, _lock_name(name), wait=wait))
+        except LeaseBusy:
+            raise LimitError(
+                f"the concurrency limit {name!r} stayed locked for {wait:g} s"
+            ) from None
         yield
-    finally:
-        http.post("/v2/concurrency_limits/decrement-with-lease", json={"lease_id": lease})
 
 
 def fill(http, platforms, name: str) -> list[RemoteJob]:
@@ -107,6 +101,8 @@ def fill(http, platforms, name: str) -> list[RemoteJob]:
     with pool_lock(http, name):
         runs = read_group_runs(http, tags=[limit_tag(name)], states=("RUNNING", "CANCELLING"))
         remote = remote_jobs(runs, platforms.poll)
+        if unreached(remote):  # live jobs uncounted: filling now could overrun the cap
+            return []
         live = {
             job.remote_id
             for run in runs

@@ -3,7 +3,9 @@ limits and artifacts all use it.
 
 A SQLite-backed server answers 503 while another writer holds the database, and Prefect Cloud
 answers 429 when it rate-limits; both mean "not done, try again", so requests are retried with
-jittered exponential backoff (tenacity). Prefect Cloud's key, when set, goes as a bearer token.
+jittered exponential backoff (tenacity). A gateway's 502/504 may follow work already done, so
+only repeatable requests are retried on those. Prefect Cloud's key, when set, goes as a bearer
+token.
 """
 
 from __future__ import annotations
@@ -13,16 +15,30 @@ import sys
 
 from caliban_flows.lean_httpx import httpx
 
-RETRY_STATUS = (429, 502, 503, 504)
+# Answers that mean the request was not carried out: retried for every request.
+REFUSED = (429, 503)
+# A gateway's answers: the server may have done the work before the answer was lost, so only
+# a request that can be repeated safely is retried (a read, or a write of the same value).
+LOST = (502, 504)
 RETRY_SECONDS = 30.0  # then the last answer stands, and the caller says so in one line
+_READS = ("/filter", "/count", "/paginate", "/history")
+
+
+def repeatable(request: httpx.Request) -> bool:
+    """Reads, and writes that leave the same result when repeated. Not: creating an
+    artifact, taking a concurrency lease, proposing a state (each would happen twice)."""
+    if request.method in ("GET", "HEAD", "PUT", "PATCH", "DELETE"):
+        return True
+    return request.method == "POST" and request.url.path.rstrip("/").endswith(_READS)
 
 
 class _RetryingTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         from tenacity import Retrying, retry_if_result, stop_after_delay, wait_random_exponential
 
+        retry_on = REFUSED + LOST if repeatable(request) else REFUSED
         retrying = Retrying(
-            retry=retry_if_result(lambda response: response.status_code in RETRY_STATUS),
+            retry=retry_if_result(lambda response: response.status_code in retry_on),
             wait=wait_random_exponential(multiplier=0.1, max=3.0),
             stop=stop_after_delay(RETRY_SECONDS),
             retry_error_callback=lambda state: state.outcome.result(),
@@ -31,7 +47,7 @@ class _RetryingTransport(httpx.HTTPTransport):
 
     def _send(self, request: httpx.Request) -> httpx.Response:
         response = super().handle_request(request)
-        if response.status_code in RETRY_STATUS:
+        if response.status_code in REFUSED + LOST:
             response.read()  # frees the connection for the next try
         return response
 
@@ -71,6 +87,36 @@ def paged(http: httpx.Client, path: str, body: dict) -> list[dict]:
         if len(page) < PAGE:
             return out
         offset += PAGE
+
+
+def paged_runs(http: httpx.Client, body: dict) -> list[dict]:
+    """Every flow run `body` filters, by keyset on the expected start time (oldest first):
+    a run that leaves the filter while we page (a group settling) cannot shift the rest
+    past us, as it would with offsets; one that joins lands after what was read."""
+    found: dict[str, dict] = {}
+    cursor, offset = None, 0
+    while True:
+        runs_filter = dict(body.get("flow_runs") or {})
+        if cursor is not None:
+            runs_filter["expected_start_time"] = {"after_": cursor}  # inclusive: ties reread
+        page_body = {**body, "flow_runs": runs_filter, "sort": "EXPECTED_START_TIME_ASC"}
+        response = http.post(
+            "/flow_runs/filter", json={**page_body, "limit": PAGE, "offset": offset}
+        )
+        response.raise_for_status()
+        page = response.json()
+        found.update((run["id"], run) for run in page)
+        if len(page) < PAGE:
+            return list(found.values())
+        last = page[-1].get("expected_start_time")
+        if last is None:  # not orderable by time: all of it again by offset, as before
+            rest = paged(http, "/flow_runs/filter", {**body, "sort": "EXPECTED_START_TIME_ASC"})
+            found.update((run["id"], run) for run in rest)
+            return list(found.values())
+        if last == cursor:  # a page of runs all expected at the same instant: step through
+            offset += PAGE
+        else:
+            cursor, offset = last, 0
 
 
 def set_state(http: httpx.Client, flow_run_id: str, state: dict) -> None:

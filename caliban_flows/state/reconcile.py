@@ -7,23 +7,25 @@ API with httpx: no `prefect` import, which keeps `caliban status` well under a s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from caliban_flows.platforms import registry
 from caliban_flows.platforms.base import JobRequest, Platform, RemoteJob
 from caliban_flows.state import artifacts, prefect_api, records
 from caliban_flows.state.groups import (
     ACTIVE_RUN_STATES,
+    POLL_DEADLINE,
     STOPPED_MESSAGE,
     GroupRun,
     final_rows,
     job_rows,
     read_group_runs,
     remote_jobs,
-    settlements,
+    unreached,
     where,
 )
 from caliban_flows.state.limits import fill
+from caliban_flows.state.settle import settlements
 
 
 class PlatformError(RuntimeError):
@@ -57,6 +59,16 @@ class Platforms:
                                     f"{_first_line(e)}") from None  # fmt: skip
         return self._clients[key]
 
+    def connect(self, run: GroupRun) -> Platform:
+        """The run's adapter, its client library imported now (registry `preload`): done
+        before polling in parallel, so no deadline is spent importing."""
+        import importlib
+
+        adapter = self.get(run)
+        for module in registry.get(run.platform).preload:
+            importlib.import_module(module)
+        return adapter
+
     def submit(self, run: GroupRun, jobs: list[dict]) -> list[RemoteJob]:
         """Submit some of a run's recorded jobs (queued behind --max_running) by their recipes."""
         import asyncio
@@ -85,14 +97,25 @@ def _first_line(error: BaseException) -> str:
 
 
 def reconcile(
-    http, platforms: Platforms, xgroup: str | None = None, *, publish_all: bool = False
+    http,
+    platforms: Platforms,
+    xgroup: str | None = None,
+    *,
+    publish_all: bool = False,
+    warn: Callable[[str], None] | None = None,
+    deadline: float | None = POLL_DEADLINE,
 ) -> tuple[list[GroupRun], list[dict]]:
     """Read the groups, ask the platforms, settle what ended or was cancelled; runs and rows.
 
     Settled runs get fresh artifacts; with `publish_all` (the service) every active run does.
+    A place that does not answer within `deadline` seconds, or fails, makes only its own jobs
+    UNKNOWN (their `detail` says why), and `warn` gets one line for it.
     """
     runs = read_group_runs(http, xgroup)
-    remote = remote_jobs(runs, platforms.poll)
+    remote = remote_jobs(runs, platforms.poll, deadline, connect=platforms.connect)
+    for line in unreached(remote):
+        if warn is not None:
+            warn(line)
     settled = settlements(runs, remote)
     for s in settled:
         if s.cancel:
@@ -102,6 +125,8 @@ def reconcile(
                 final = records.final_artifact(s.run.flow_run_id, final_rows(s.final))
                 records.write(http, [final])
             state = {"type": s.state, "message": s.message}
+            if s.name:
+                state["name"] = s.name
             prefect_api.set_state(http, s.run.flow_run_id, state)
     just_settled = {s.run.flow_run_id for s in settled}
     limits = {

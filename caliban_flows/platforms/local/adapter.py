@@ -9,6 +9,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 from caliban_flows.platforms.base import (
     ATTEMPT_LABEL,
@@ -22,6 +23,9 @@ from caliban_flows.platforms.base import (
 from caliban_flows.spec.docker_run_args import RunOptions, parse_run_words
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
+# Docker starts a container right after creating it; one still not started this long after
+# will not be.
+START_WAIT_SECONDS = 60.0
 _STATES = {
     "created": JobState.SUBMITTED,
     "running": JobState.RUNNING,
@@ -175,7 +179,30 @@ class LocalDocker:
         return out
 
     def poll(self, xgroup: str) -> list[RemoteJob]:
-        return [_remote(s) for s in self._list({"label": f"{XGROUP_LABEL}={xgroup}"})]
+        return [
+            self._never_started(job, summary) or job
+            for summary in self._list({"label": f"{XGROUP_LABEL}={xgroup}"})
+            for job in (_remote(summary),)
+        ]
+
+    def _never_started(self, job: RemoteJob, summary: dict) -> RemoteJob | None:
+        """A container created but not running: FAILED with Docker's reason if its start
+        failed (a bad device, an OCI runtime error), or once it has waited too long."""
+        import time
+
+        import docker.errors
+
+        if summary.get("State") != "created":
+            return None
+        try:
+            error = self.client.api.inspect_container(summary["Id"])["State"].get("Error")
+        except docker.errors.NotFound:
+            return None
+        waited = time.time() - float(summary.get("Created") or time.time())
+        if not error and waited < START_WAIT_SECONDS:
+            return None
+        reason = error or f"not started {START_WAIT_SECONDS:g} s after it was created"
+        return replace(job, state=JobState.FAILED, detail=f"never started: {reason}")
 
     def cancel(self, remote_ids: Sequence[str]) -> None:
         import docker.errors
