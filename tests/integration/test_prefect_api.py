@@ -57,6 +57,28 @@ def test_a_server_that_stays_busy_gives_its_last_answer(server, monkeypatch):
     assert response.status_code == 503 and len(seen) >= 2
 
 
+def test_a_lost_answer_is_retried_only_for_requests_that_can_be_repeated(server):
+    """502/504: the server may have done the work. A read is asked again; creating an
+    artifact, taking a lease or proposing a state is not (each would happen twice)."""
+    url, seen, answers = server
+    with prefect_api.client(url) as http:
+        answers.extend([502, 504])
+        read = http.post("/flow_runs/filter", json={})
+        answers.append(502)
+        made = http.post("/artifacts/", json={"key": "x"})
+        answers.append(504)
+        lease = http.post("/v2/concurrency_limits/increment-with-lease", json={})
+        answers.append(502)
+        state = http.post("/flow_runs/abc/set_state", json={})
+    assert read.status_code == 200
+    assert (made.status_code, lease.status_code, state.status_code) == (502, 504, 502)
+    assert [path for path, _ in seen] == ["/api/flow_runs/filter"] * 3 + [
+        "/api/artifacts/",
+        "/api/v2/concurrency_limits/increment-with-lease",
+        "/api/flow_runs/abc/set_state",
+    ]
+
+
 def test_httpx_comes_without_its_command_line_client(server):
     """A fresh interpreter: the client works, and httpx's CLI packages never load."""
     url, seen, _ = server
