@@ -90,9 +90,19 @@ def _text(rows: list[dict]) -> str:
                     f"    job {r['name']:<20} {r['state']:9s} {r['platform'].upper():>8s} "
                     f"{r['created']} id: {(r['remote_id'] or '-').rsplit('/', 1)[-1][-12:]} image: "
                     f"{r['image'] or '-'} attempt {r['attempt']}/{r['attempts']}{exit_code}"
+                    + _duplicates(r)
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def _duplicates(row: dict) -> str:
+    extra = row.get("duplicates") or []
+    return (
+        f" (+{len(extra)} duplicate{'s' if len(extra) > 1 else ''}: {', '.join(extra)})"
+        if extra
+        else ""
+    )
 
 
 def status(
@@ -122,6 +132,10 @@ def status(
         _frame(rows, format)
     else:
         print(_text(rows) if rows else "no jobs yet")
+    doubled = sum(len(r.get("duplicates") or ()) for r in rows)
+    if doubled:
+        print(f"warning: {doubled} duplicate remote job(s) (listed with their jobs); "
+              "caliban stop cancels them with their jobs", file=sys.stderr)  # fmt: skip
     if warnings:
         raise typer.Exit(1)
 

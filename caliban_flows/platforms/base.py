@@ -117,3 +117,9 @@ class Platform(Protocol):
     def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
         """The job's output, optionally following it until the job ends."""
         ...
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message; its type's name when it has none."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from caliban_flows.platforms.base import JobRequest, RemoteJob
+from caliban_flows.platforms.base import JobRequest, RemoteJob, first_line
 
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
@@ -28,12 +28,6 @@ ListGroup = Callable[["AsyncLimiter", str], Awaitable[list[RemoteJob]]]
 # One new job for a request, paced by the limiter, retried on the platform's transient errors.
 CreateJob = Callable[["AsyncLimiter", JobRequest], Awaitable[RemoteJob]]
 Describe = Callable[[BaseException], str]
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message; its type's name when it has none."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 class SubmitError(RuntimeError):

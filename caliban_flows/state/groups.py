@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from caliban_flows.platforms.base import JobState, RemoteJob
+from caliban_flows.platforms.base import JobState, RemoteJob, first_line
 from caliban_flows.server.owner import owner_of
 from caliban_flows.state import prefect_api
 
@@ -223,15 +223,10 @@ def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[Remote
             if connect is not None:
                 connect(run)
         except Exception as e:  # e.g. no engine, a kubeconfig without the recorded context
-            remote[place] = Unreached(_first_line(e))
+            remote[place] = Unreached(first_line(e))
             del asked[place]
     remote.update(_poll_all(asked, poll, deadline))
     return remote
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _poll_all(asked: dict[tuple, GroupRun], poll, deadline: float | None) -> Remote:
@@ -245,9 +240,9 @@ def _poll_all(asked: dict[tuple, GroupRun], poll, deadline: float | None) -> Rem
 
     def ask(place: tuple, run: GroupRun) -> None:
         try:
-            found: dict = {(j.key, j.attempt): j for j in poll(run)}
+            found: dict = Found(poll(run))
         except Exception as e:  # any failure of one place is that place's alone
-            found = Unreached(_first_line(e))
+            found = Unreached(first_line(e))
         with lock:
             answers[place] = found
 
@@ -269,6 +264,25 @@ def _poll_all(asked: dict[tuple, GroupRun], poll, deadline: float | None) -> Rem
                 f"{run.platform} did not answer within {deadline:g} s for {run.xgroup!r}"
             )
     return out
+
+
+class Found(dict):
+    """A place's jobs by (key, attempt), and the extra remote jobs some of them have: two
+    jobs for one key and attempt, made by an older version or by hand."""
+
+    def __init__(self, jobs: Iterable[RemoteJob]) -> None:
+        super().__init__()
+        self.extra: dict[tuple[str, int], list[RemoteJob]] = {}
+        for job in jobs:
+            key = (job.key, job.attempt)
+            if key in self:  # keep a live one as the job, so its state shows
+                kept = self[key]
+                if kept.state.terminal and not job.state.terminal:
+                    kept, job = job, kept
+                self[key] = kept
+                self.extra.setdefault(key, []).append(job)
+            else:
+                self[key] = job
 
 
 def unreached(remote: Remote) -> list[str]:
@@ -307,6 +321,11 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
                 "remote_id": found.remote_id if found else None,
                 "console_url": found.console_url if found else None,
                 "detail": lost or (found.detail if found else None),
+                # Other remote jobs for this key and attempt: listed, and stopped with it.
+                "duplicates": [
+                    j.remote_id
+                    for j in getattr(seen, "extra", {}).get((job["key"], job["attempt"]), [])
+                ],
                 "image": recipe.get("image"),
                 "command": list(recipe.get("command") or []),
                 "created": run.created,

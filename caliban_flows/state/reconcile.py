@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from caliban_flows.platforms import registry
-from caliban_flows.platforms.base import JobRequest, Platform, RemoteJob
+from caliban_flows.platforms.base import JobRequest, Platform, RemoteJob, first_line
 from caliban_flows.state import artifacts, prefect_api, records
 from caliban_flows.state.groups import (
     ACTIVE_RUN_STATES,
@@ -56,7 +56,7 @@ class Platforms:
                 raise
             except Exception as e:  # e.g. no engine, a kubeconfig without the recorded context
                 raise PlatformError(f"cannot reach {run.platform} for {run.xgroup!r}: "
-                                    f"{_first_line(e)}") from None  # fmt: skip
+                                    f"{first_line(e)}") from None  # fmt: skip
         return self._clients[key]
 
     def connect(self, run: GroupRun) -> Platform:
@@ -87,13 +87,8 @@ class Platforms:
             raise
         except Exception as e:  # a platform's own error, e.g. no credentials for Vertex
             raise PlatformError(
-                f"cannot list the {run.platform} jobs of {run.xgroup!r}: {_first_line(e)}"
+                f"cannot list the {run.platform} jobs of {run.xgroup!r}: {first_line(e)}"
             ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def reconcile(
@@ -157,7 +152,8 @@ def stop_jobs(http, platforms: Platforms, runs: list[GroupRun], active: list[dic
     mark_stopped(http, run_ids)
     by_id = {run.flow_run_id: run for run in runs}
     for run_id in run_ids:
-        ids = [r["remote_id"] for r in active if r["flow_run_id"] == run_id and r["remote_id"]]
+        mine = [r for r in active if r["flow_run_id"] == run_id]
+        ids = [i for r in mine for i in (r["remote_id"], *r.get("duplicates", ())) if i]
         if ids:
             platforms.get(by_id[run_id]).cancel(ids)
 

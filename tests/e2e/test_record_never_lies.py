@@ -224,6 +224,49 @@ def test_two_submissions_of_one_group_make_each_job_once(world, platform, n):
     assert len(keys) == jobs and duplicates == 0 and lost == 0
 
 
+def test_duplicate_remote_jobs_are_listed_and_all_stopped(world):
+    """Two CustomJobs for one job (made by an older version, or by hand): status shows the
+    extra one beside its job, and stop cancels both."""
+    from google.cloud import aiplatform_v1
+
+    from tests.integration.test_vertex_emulator import sync_client
+
+    cli, vertex = world["cli"], world["vertex"]
+    xgroup = f"dup-{uuid.uuid4().hex[:6]}"
+    (world["root"] / "project" / "two.json").write_text('{"sleep": [1, 2]}')
+    vertex.hold(True)
+    try:
+        done = cli(*COMMANDS["vertex"], "--xgroup", xgroup, "--experiment_config", "two.json",
+                   "trainer.train")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        from caliban_flows.spec import vertex_job as vj
+
+        mine = [
+            j for j in vertex.jobs() if j.labels.get(vj.XGROUP_ID_LABEL) == vj.xgroup_id(xgroup)
+        ]
+        assert len(mine) == 2
+        first = mine[0]
+        copy = aiplatform_v1.CustomJob(display_name=first.display_name, labels=dict(first.labels),
+                                       job_spec=first.job_spec)  # fmt: skip
+        parent = mine[0].name.rsplit("/customJobs/", 1)[0]
+        extra = sync_client(vertex).create_custom_job(parent=parent, custom_job=copy)
+        status = cli("status", "--xgroup", xgroup, "--format", "json", "--max_jobs", "0")
+        assert status.returncode == 0, status.stderr
+        rows = json.loads(status.stdout)
+        assert sorted(len(r["duplicates"]) for r in rows) == [0, 1], rows
+        assert extra.name in [d for r in rows for d in r["duplicates"]]
+        text = cli("status", "--xgroup", xgroup)
+        assert "+1 duplicate" in text.stdout, text.stdout
+        stopped = cli("stop", "--xgroup", xgroup, "--yes")
+        assert stopped.returncode == 0, stopped.stderr
+        ended = wait_for(lambda: (js := [j for j in vertex.jobs() if j.labels.get(
+            vj.XGROUP_ID_LABEL) == vj.xgroup_id(xgroup)]) and all(
+            j.state.name == "JOB_STATE_CANCELLED" for j in js) and js)  # fmt: skip
+        assert len(ended) == 3
+    finally:
+        vertex.hold(False)
+
+
 class _Silent:
     """A TCP server that accepts connections and never answers: a cluster gone quiet."""
 
@@ -275,8 +318,8 @@ def test_an_unreachable_cluster_makes_only_its_jobs_unknown(world):
     gone = [r for r in rows if r["xgroup"] == cluster]
     assert [r["state"] for r in gone] == ["UNKNOWN"]
     assert "did not answer within 10 s" in gone[0]["detail"]
-    warnings = [line for line in status.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "kubernetes" in warnings[0], status.stderr
+    unknown = [line for line in status.stderr.splitlines() if line.endswith("show as UNKNOWN")]
+    assert len(unknown) == 1 and "kubernetes" in unknown[0], status.stderr
 
 
 def test_a_container_that_cannot_start_fails_with_dockers_reason(world):

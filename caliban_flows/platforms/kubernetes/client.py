@@ -15,8 +15,8 @@ import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from caliban_flows.platforms.base import first_line
 from caliban_flows.platforms.lean_import import lean_or_full
-from caliban_flows.platforms.submit import first_line
 
 if TYPE_CHECKING:
     from kubernetes.client.exceptions import ApiException
