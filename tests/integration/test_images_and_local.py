@@ -81,11 +81,9 @@ def test_failed_build_carries_the_step_output(docker_client, project):
 def test_push_then_unchanged_push_uploads_nothing(docker_client, project):
     built = build_image(docker_client, project, dockerfile())
     first = push_image(docker_client, built.tag, REGISTRY)
-    start = time.perf_counter()
-    second = push_image(docker_client, built.tag, REGISTRY)
+    second = push_image(docker_client, built.tag, REGISTRY)  # its time: bench/push_unchanged.py
     assert second.reference == first.reference
     assert second.pushed is False
-    assert time.perf_counter() - start < 5
 
 
 def test_local_jobs_run_poll_and_stay_idempotent(docker_client, project):

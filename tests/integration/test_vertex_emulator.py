@@ -380,8 +380,13 @@ def test_500_concurrent_creates_with_50ms_latency() -> None:
         elapsed = time.monotonic() - start
         times = emu.create_times()
     assert len(times) == 500
-    # Serially this would take 25 s; 64 RPC threads allow ~1,280 QPS.
-    assert 500 / elapsed > 300, f"only {500 / elapsed:.0f} QPS"
+    # Served one at a time, two creates would be at least the 0.05 s latency apart. Ten within
+    # one latency period means ten RPCs were in the server at once (a busy machine only
+    # spreads them further, so this is about concurrency, not speed).
+    times.sort()
+    in_one_period = max(sum(1 for t in times[i:] if t - times[i] < 0.05) for i in range(len(times)))
+    print(f"\n500 creates in {elapsed:.2f} s; at most {in_one_period} within one 0.05 s period")
+    assert in_one_period >= 10
 
 
 def test_command_line_server() -> None:
