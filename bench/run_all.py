@@ -21,6 +21,7 @@ SCRIPTS = [
     "vertex_status_1k.py",
     "sweep_scale.py",
     "k8s_1k.py",
+    "serve_round.py",
 ]
 
 
