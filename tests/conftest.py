@@ -51,6 +51,7 @@ def caliban_runner(cwd: Path, env: dict):
         )
 
     run.env = env
+    run.cwd = cwd
     return run
 
 

@@ -25,7 +25,7 @@ def _session_image(
 
     On an engine without NVIDIA's runtime, GPU mode falls back to the CPU image.
     """
-    from caliban_flows.flows.engine import build_here
+    from caliban_flows.flows.images import build_here
     from caliban_flows.platforms.local.adapter import docker_client, engine_gpu
 
     nvidia = engine_gpu(docker_client(), gpu)
@@ -156,7 +156,7 @@ def build(
     text = sub.dockerfile(
         gpu=gpu, extras=extras, dirs=sub.check_dirs(dirs), entrypoint=sub.resolve_module(module)
     )
-    from caliban_flows.flows.engine import build_here, push_here
+    from caliban_flows.flows.images import build_here, push_here
 
     built = build_here(text, no_cache=no_cache)
     print(push_here(built.tag, target) if target else built.tag)

@@ -2,57 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from caliban_flows.flows.images import build_here, push_here, push_target_for
+from caliban_flows.flows.images import check_image as _check_image
 from caliban_flows.flows.interrupt import EXIT_CODE, exit_even_if_stuck
-from caliban_flows.platforms.local.adapter import docker_client
+from caliban_flows.plan import project
 from caliban_flows.server.ready import check_external_api, prefect_ready, start_backend_early
-from caliban_flows.spec.errors import CalibanError, SpecError
+from caliban_flows.spec.errors import CalibanError
 
 if TYPE_CHECKING:
     from caliban_flows.plan.group import GroupPlan
-
-
-def _show_build_line(line: str) -> None:
-    if line.strip():
-        print(line, file=sys.stderr, flush=True)
-
-
-def build_here(dockerfile: str, *, no_cache: bool):
-    """Build the current folder's image now, streaming Docker's output to stderr."""
-    from caliban_flows.platforms.images import ImageError, build_image
-    from caliban_flows.tasks.progress import BuildProgress
-
-    client = docker_client()
-    try:
-        with BuildProgress() as progress:
-            return build_image(client, Path.cwd(), dockerfile, no_cache=no_cache, on_log=progress)
-    except ImageError as e:
-        raise CalibanError(str(e).splitlines()[0]) from e
-
-
-def push_here(tag: str, target) -> str:
-    """Push unless the registry has the tag already; return the pushed reference."""
-    from caliban_flows.platforms.images import ImageError, push_image
-
-    try:
-        pushed = push_image(
-            docker_client(), tag, target.registry, auth=target.auth, on_log=_show_build_line
-        )
-    except ImageError as e:
-        raise CalibanError(str(e)) from e
-    if not pushed.pushed:
-        print(f"{pushed.reference} is already in the registry: nothing pushed", file=sys.stderr)
-    else:  # for event-triggered deployments; only when a Prefect API is already up
-        from caliban_flows.state.events import image_pushed
-
-        image_pushed(pushed.reference, local_tag=tag)
-    return pushed.reference
 
 
 def run_group(
@@ -71,57 +32,73 @@ def run_group(
     Each job names its recipe (an index into `recipes`); `placement` is where the platform
     runs them. The jobs are recorded on the run as artifacts, not parameters (no size cap).
 
-    On Vertex without `wait`, 0 once every job is submitted; the run is then left RUNNING
-    (state name "Submitted") for `caliban status` to settle when the jobs end.
+    The run is made from the group deployment (flows.group_runs), so the Prefect UI can
+    Retry it. On a remote platform without `wait`, 0 once every job is submitted; the run is
+    then left RUNNING (state name "Submitted") for reconcile rounds to settle when the jobs end.
     """
+
+    def start():  # once the Prefect API is ready: importing prefect reads where it is
+        from prefect import tags
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        from caliban_flows.flows.experiment_group import experiment_group, group_tags, hand_over
+        from caliban_flows.flows.group_runs import start_group
+
+        flow = experiment_group.with_options(
+            task_runner=ThreadPoolTaskRunner(max_workers=max(parallel, 1))
+        )
+        if limit is not None:
+            ensure_limit(limit)
+        parameters = {
+            "xgroup": xgroup,
+            "platform": platform,
+            "placement": placement,
+            "recipes": recipes,
+            "submission": hand_over(jobs),
+            "parallel": parallel,
+            "wait": wait,
+            "limit": limit,
+        }
+        run_tags = group_tags(xgroup, platform, limit)
+        with tags(*run_tags):
+            return start_group(flow, parameters, run_tags)
+
+    return _run_here(xgroup, platform, {job["key"] for job in jobs}, start)
+
+
+def rerun_group(xgroup: str, platform: str, flow_run_id: str, chosen: list[tuple[str, int]]) -> int:
+    """Run a group's run again here (flows.group_runs.rerun), rerunning the `chosen` (key,
+    attempt) of its jobs as their next attempt; 0 when every rerun job succeeded."""
+
+    def start():
+        from caliban_flows.flows.group_runs import rerun
+
+        return rerun(flow_run_id, chosen)
+
+    return _run_here(xgroup, platform, {key for key, _ in chosen}, start)
+
+
+def _run_here(xgroup: str, platform: str, keys: set[str], start) -> int:
+    """Run a group flow run in this process (`start` makes and runs it), Ctrl-C included."""
     from caliban_flows.platforms import registry
 
     remote = registry.get(platform).remote
     prefect_ready(
         "prefect", "caliban_flows.flows.experiment_group", *registry.get(platform).preload
     )
-    from prefect import tags
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.task_runners import ThreadPoolTaskRunner
 
-    from caliban_flows.flows.experiment_group import (
-        LAST_RUN,
-        experiment_group,
-        group_tags,
-        hand_over,
-        mark_submitted,
-    )
+    from caliban_flows.flows.experiment_group import LAST_RUN
 
-    flow = experiment_group.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=max(parallel, 1))
-    )
-    if limit is not None:
-        ensure_limit(limit)
-    keys = {job["key"] for job in jobs}
     with exit_even_if_stuck(lambda: _stop_when_stuck(xgroup, remote, keys, LAST_RUN.get("id"))):
         try:
-            with (
-                temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-                tags(*group_tags(xgroup, platform, limit)),
-            ):
-                state = flow(
-                    xgroup=xgroup,
-                    platform=platform,
-                    placement=placement,
-                    recipes=recipes,
-                    submission=hand_over(jobs),
-                    parallel=parallel,
-                    wait=wait,
-                    limit=limit,
-                    return_state=True,
-                )
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                state = start()
         except KeyboardInterrupt:
             if not remote:
                 _record_stop(LAST_RUN.get("id"))
             print(_interrupted(xgroup, remote), file=sys.stderr)
             return EXIT_CODE
-    if remote and not wait and state.is_completed():
-        mark_submitted(LAST_RUN["id"], state.message)
     print(f"xgroup {xgroup!r}: {_one_line(state.message or state.name)}", file=sys.stderr)
     return 0 if state.is_completed() else 1
 
@@ -203,48 +180,7 @@ def prepare_image(plan: GroupPlan, *, early=None) -> GroupPlan:
     target = push_target_for(plan.platform, plan.placement, build)  # bad input: before building
     if early:
         early()
-    with inside(build["root"]):
+    with project.inside(build["root"]):
         built = build_here(build["dockerfile"], no_cache=bool(build.get("no_cache")))
         image = built.tag if target is None else push_here(built.tag, target)
     return plan.with_image(image)
-
-
-def push_target_for(platform: str, placement: dict | None, build: dict):
-    """Where a built image goes for `platform`: None for a local one; else the registry the
-    recipe names (flag, block, environment, .calibanconfig.json), else the platform's
-    default for this placement; none at all is bad input."""
-    from caliban_flows.plan.push_target import HINT, PushTarget, push_target
-    from caliban_flows.platforms import registry
-
-    entry = registry.get(platform)
-    if not entry.remote:
-        return None
-    with inside(build["root"]):  # .calibanconfig.json may name the registry
-        target = push_target(build.get("registry"), build.get("registry_block"))
-    if target is None:
-        default = entry.default_registry(placement or {})
-        if default is None:
-            raise SpecError(f"no registry {entry.title} can pull from: {HINT}")
-        target = PushTarget(default)
-    _check_image(platform, f"{target.registry.rstrip('/')}/x")
-    return target
-
-
-def _check_image(platform: str, reference: str) -> None:
-    from caliban_flows.platforms import registry
-
-    registry.get(platform).check_image(reference)
-
-
-@contextlib.contextmanager
-def inside(root: str) -> Iterator[None]:
-    """In the recipe's project folder, where its files (and Docker's context) are."""
-    before = Path.cwd()
-    if Path(root).resolve() == before.resolve():
-        yield
-        return
-    os.chdir(root)
-    try:
-        yield
-    finally:
-        os.chdir(before)

@@ -15,6 +15,9 @@ from caliban_flows.state.groups import FLOW_NAME, STOPPED_MESSAGE
 from caliban_flows.tasks.jobs import build_image, expand_sweep, record_jobs, run_job
 
 LAST_RUN: dict[str, str] = {}
+# What `caliban resubmit` chose to rerun ((key, attempt) pairs) in a run it runs again here.
+RERUN: dict[str, list[tuple[str, int]]] = {}
+CANCEL_POLL_SECONDS = 2.0  # how soon Cancel in the UI stops a local group's containers
 
 
 def group_tags(xgroup: str, platform: str, limit: dict | None = None) -> list[str]:
@@ -42,7 +45,39 @@ def hand_over(jobs: list[dict]) -> str:
     return submission
 
 
-@flow(name=FLOW_NAME, flow_run_name="{xgroup}", persist_result=False)
+def _keep_running_when_submitted(flow, flow_run, state) -> None:
+    """A remote group whose jobs are all with their platform stays RUNNING ("Submitted"):
+    mirrored by reconcile rounds, and cancellable in the UI, until its jobs end."""
+    if state.name == "Submitted":
+        mark_submitted(str(flow_run.id), state.message)
+
+
+def _stop_its_jobs(flow, flow_run, state) -> None:
+    """Cancel in the UI of a run a runner runs (a Retry): its jobs stop, as caliban stop."""
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.groups import latest_attempts
+    from caliban_flows.state.reconcile import Platforms, reconcile, stop_jobs
+
+    platforms = Platforms()
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
+        runs, rows = reconcile(http, platforms, flow_run.parameters["xgroup"])
+        active = [
+            r
+            for r in latest_attempts(rows)
+            if r["flow_run_id"] == str(flow_run.id) and not JobState(r["state"]).terminal
+        ]
+        stop_jobs(http, platforms, runs, active)
+
+
+@flow(
+    name=FLOW_NAME,
+    flow_run_name="{xgroup}",
+    persist_result=False,
+    on_completion=[_keep_running_when_submitted],
+    on_cancellation=[_stop_its_jobs],
+)
 def experiment_group(
     xgroup: str,
     platform: str,
@@ -59,9 +94,11 @@ def experiment_group(
     Vertex's project, region and machine; the cluster's context and resources; local GPU mode
     and docker run args) and its recipes (entry point, image, how to rebuild it). Each job,
     recorded as artifacts on this run, names its recipe. The run fails when any job fails.
-    Remote runs end once every job is submitted, unless `wait`; the caller then keeps the run
-    RUNNING and reconcile rounds settle it when the jobs end. With `limit` (--max_running: a
-    Prefect concurrency limit's name and cap) at most that many jobs run at once.
+    Remote runs end once every job is submitted, unless `wait`, and stay RUNNING
+    ("Submitted") until reconcile rounds settle them when the jobs end. With `limit`
+    (--max_running: a Prefect concurrency limit's name and cap) at most that many jobs run at
+    once. Run again (Retry in the UI, `caliban resubmit`), it reruns its failed and stopped
+    jobs as their next attempt (flows.retry).
     """
     from prefect.runtime import flow_run
 
@@ -69,14 +106,21 @@ def experiment_group(
 
     LAST_RUN["id"] = flow_run.id  # for the caller, should the run end with Ctrl-C
     jobs = _HANDED_OVER.pop(submission, None)
+    round_ = 1
+    if jobs is None and flow_run.run_count > 1:
+        jobs, recipes = _again(xgroup, platform, placement, recipes)
+        if not jobs:
+            return Completed(message="nothing to rerun: no job of this run failed or stopped")
+        round_ = flow_run.run_count
     if jobs is None:
         return Failed(message="this run's jobs were handed to another process; submit again")
-    record_jobs(quote(jobs))
+    record_jobs(quote(jobs), round_)
     remote = registry.get(platform).remote
     recipes = [dict(r) for r in recipes]
-    for recipe in recipes:  # remote platforms get a pushed image
+    used = {j.get("recipe", 0) for j in jobs}
+    for index, recipe in enumerate(recipes):  # remote platforms get a pushed image
         build = recipe.get("build")
-        if build is not None and not remote and build.get("dockerfile"):
+        if index in used and build is not None and not remote and build.get("dockerfile"):
             built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
             recipe["image"] = built["tag"]
     # quote(): Prefect need not walk a thousand jobs looking for futures to resolve.
@@ -86,7 +130,9 @@ def experiment_group(
         _publish(xgroup)
         return outcome
     try:
-        with one_submitter(xgroup, platform):  # a second run of the group finds these jobs
+        keys = {r.key for r in requests}
+        # A second run of the group finds these jobs; Cancel in the UI stops them.
+        with one_submitter(xgroup, platform), _stop_when_cancelled(xgroup, keys):
             states = _run_all(requests, parallel, limit["name"] if limit else None)
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
         stop_running(xgroup, {r.key for r in requests})
@@ -98,6 +144,62 @@ def experiment_group(
     if failed:
         return Failed(message=f"{failed} of {len(states)} jobs failed")
     return Completed(message=f"{len(states)} jobs succeeded")
+
+
+def _again(xgroup: str, platform: str, placement: dict | None, recipes: list[dict]):
+    """This run, run again: the jobs to rerun as their next attempt, and the recipes with
+    those jobs' fresh ones added (flows.retry)."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.flows import retry
+    from caliban_flows.state import prefect_api
+
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
+        retry.claim(http, flow_run.id, flow_run.run_count)
+        chosen = RERUN.pop(flow_run.id, None)
+        jobs, used = retry.jobs_to_rerun(http, xgroup, flow_run.id, chosen)
+        recipes = list(recipes)
+        moved: dict[int, int] = {}
+        for index, recipe in used:
+            recipes.append(retry.fresh_recipe(platform, placement, recipe))
+            moved[index] = len(recipes) - 1
+        jobs = [{**job, "recipe": moved[job.get("recipe", 0)]} for job in jobs]
+        if jobs:
+            retry.record_recipes(http, flow_run.id, flow_run.parameters, recipes)
+    return jobs, recipes
+
+
+@contextlib.contextmanager
+def _stop_when_cancelled(xgroup: str, keys: set[str]) -> Iterator[None]:
+    """While a local group runs here: Cancel in the UI stops its containers, as caliban stop
+    does (the run then ends Cancelled)."""
+    import threading
+
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.state import prefect_api
+
+    run_id, url, done = flow_run.id, PREFECT_API_URL.value(), threading.Event()
+
+    def watch() -> None:
+        with prefect_api.client(url) as http:
+            while not done.wait(CANCEL_POLL_SECONDS):
+                try:
+                    state = (http.get(f"/flow_runs/{run_id}").json().get("state") or {}).get("type")
+                except Exception:  # the server busy or restarting: ask again next time
+                    continue
+                if state in ("CANCELLING", "CANCELLED"):
+                    stop_running(xgroup, keys)
+                    return
+
+    watcher = threading.Thread(target=watch, name="caliban-cancel-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record: dict,
@@ -142,21 +244,23 @@ def one_submitter(xgroup: str, platform: str) -> Iterator[None]:
 
     from caliban_flows.spec.limits import limit_name
     from caliban_flows.state import prefect_api
-    from caliban_flows.state.leases import LeaseBusy, held
+    from caliban_flows.state.leases import held
 
     def waiting() -> None:
         print(f"xgroup {xgroup!r} is being submitted by another caliban: waiting for it",
               file=sys.stderr, flush=True)  # fmt: skip
 
+    def busy() -> Exception:
+        return RuntimeError(
+            f"xgroup {xgroup!r} is still being submitted elsewhere after "
+            f"{SUBMITTER_WAIT_SECONDS:g} s: try again when it is done"
+        )
+
     name = f"{limit_name(platform, xgroup)}-submit"
-    with prefect_api.client(PREFECT_API_URL.value()) as http, contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(held(http, name, wait=SUBMITTER_WAIT_SECONDS, on_wait=waiting))
-        except LeaseBusy:
-            raise RuntimeError(
-                f"xgroup {xgroup!r} is still being submitted elsewhere after "
-                f"{SUBMITTER_WAIT_SECONDS:g} s: try again when it is done"
-            ) from None
+    with (
+        prefect_api.client(PREFECT_API_URL.value()) as http,
+        held(http, name, wait=SUBMITTER_WAIT_SECONDS, on_wait=waiting, busy=busy),
+    ):
         yield
 
 
@@ -204,11 +308,16 @@ def stop_running(xgroup: str, keys: set[str]) -> None:
 
 
 def mark_submitted(flow_run_id: str, message: str | None) -> None:
-    """Keep a remote group's run RUNNING while its jobs run remotely: cancellable in the UI."""
+    """Keep a remote group's run RUNNING while its jobs run remotely: cancellable in the UI.
+    Entering RUNNING counts as a run of it (server.owner): this process claims that one."""
     from prefect.client.orchestration import get_client
     from prefect.states import Running
 
+    from caliban_flows.server.owner import claim_tags
+
     with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        client.update_flow_run(flow_run.id, tags=claim_tags(flow_run.tags, flow_run.run_count + 1))
         client.set_flow_run_state(
             flow_run_id, Running(name="Submitted", message=message), force=True
         )

@@ -90,13 +90,10 @@ def run_in_flow(plan) -> State:
 
     from caliban_flows.flows.engine import ensure_limit, prepare_image
     from caliban_flows.flows.experiment_group import (
-        LAST_RUN,
         experiment_group,
         group_tags,
         hand_over,
-        mark_submitted,
     )
-    from caliban_flows.platforms import registry
 
     plan = prepare_image(plan)
     if plan.limit is not None:
@@ -109,9 +106,6 @@ def run_in_flow(plan) -> State:
     with tags(*group_tags(plan.xgroup, plan.platform, plan.limit)):
         state = group_flow(**args, submission=hand_over(jobs), return_state=True)
     message = f"xgroup {plan.xgroup}: {state.message or state.name}"
-    if registry.get(plan.platform).remote and not plan.wait and state.is_completed():
-        run_id = state.state_details.flow_run_id or LAST_RUN.get("id")
-        mark_submitted(str(run_id), state.message)
     if state.is_completed():
         return Completed(message=message)
     if state.is_cancelled():  # `caliban stop`

@@ -8,10 +8,8 @@ builds and submits nothing, so bad input never half-submits.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import posixpath
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -112,7 +110,7 @@ def plan_group(
         raise SpecError("--xgroup must not be empty")
     labels = tuple(parse_label(label) for label in request.labels)
     limit = limit_for(request.platform, xgroup, options.max_running, options.pool)
-    with _inside(request.root):
+    with sub.inside(request.root):
         entrypoint = _entrypoint(request.module, request.root)
         dirs = sub.check_dirs(options.dirs) if request.root is not None else ()
         if checked is not None:
@@ -175,26 +173,6 @@ def _place(platform: str, options, *, xgroup: str, probe: bool) -> places.Placed
     from caliban_flows.platforms import registry
 
     return places.Placed(registry.get(platform).placement(options, probe))
-
-
-@contextlib.contextmanager
-def _inside(root: str | None) -> Iterator[None]:
-    """In the project folder, where Caliban's rules look for files."""
-    if root is None:
-        yield
-        return
-    folder = Path(root).expanduser().resolve()
-    if not folder.is_dir():
-        raise SpecError(f"project folder {root!r} is not a folder (from {Path.cwd()})")
-    before = Path.cwd()
-    if folder == before.resolve():
-        yield
-        return
-    os.chdir(folder)  # a deployment's flow run is a process of its own under a worker
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 def _entrypoint(module: str, root: str | None) -> Entrypoint:

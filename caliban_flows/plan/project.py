@@ -6,10 +6,11 @@ All of it runs before anything is built or submitted, so a bad input never half-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from caliban_flows.plan.inputs import current_user, read_text
@@ -154,3 +155,24 @@ def env_default(*names: str) -> str | None:
         if value:
             return value
     return None
+
+
+@contextlib.contextmanager
+def inside(root: str | None) -> Iterator[None]:
+    """In the project folder, where Caliban's rules look for files (and Docker's context is);
+    the same folder, or None, changes nothing."""
+    if root is None:
+        yield
+        return
+    folder = Path(root).expanduser().resolve()
+    if not folder.is_dir():
+        raise SpecError(f"project folder {root!r} is not a folder (from {Path.cwd()})")
+    before = Path.cwd()
+    if folder == before.resolve():
+        yield
+        return
+    os.chdir(folder)  # a deployment's flow run is a process of its own under a worker
+    try:
+        yield
+    finally:
+        os.chdir(before)

@@ -26,6 +26,7 @@ from caliban_flows.server.home import _forget_state, _mtime, _Paths
 # What `python -m` runs for both the supervisor and the server; a live supervisor's
 # /proc/PID/cmdline contains it.
 ENTRY_MODULE = "caliban_flows.server.backend"
+RUNNER_MODULE = "caliban_flows.flows.runner"  # started by name: the server layer runs no flow
 # A flow run in one of these states keeps the server up however long caliban was idle.
 ACTIVE_STATES = ("RUNNING", "PENDING", "CANCELLING")
 # A server that never gets healthy must not live forever.
@@ -56,8 +57,10 @@ def _die_with_parent_hook():
 def _active_runs(client: httpx.Client, url: str) -> int | None:
     """Flow runs still at work. A run whose recorded process on this host died (a killed
     `caliban run`) is not: the next reconcile round settles it, and it must not keep the
-    server up forever meanwhile. A remote group handed to its platform ("Submitted") is."""
-    body = {"flow_runs": {"state": {"type": {"any_": list(ACTIVE_STATES)}}}, "limit": 200}
+    server up forever meanwhile. A remote group handed to its platform ("Submitted") is, and
+    so is a run waiting for the runner (Retry in the UI)."""
+    wanted = [*ACTIVE_STATES, "SCHEDULED"]
+    body = {"flow_runs": {"state": {"type": {"any_": wanted}}}, "limit": 200}
     try:
         response = client.post(f"{url}/flow_runs/filter", json=body, timeout=10.0)
         response.raise_for_status()
@@ -70,10 +73,13 @@ def _active_runs(client: httpx.Client, url: str) -> int | None:
 def keeps_server_up(run: dict) -> bool:
     """An active flow run (as the API gives it) whose process lives, or whose jobs are with
     their platform; not one whose process on this host died."""
-    from caliban_flows.server.owner import alive, owner_of
+    from caliban_flows.server.owner import alive, owner_of, starting_again
 
-    handed_over = (run.get("state") or {}).get("name") == "Submitted"
-    return handed_over or alive(owner_of(run.get("tags"))) is not False
+    state = run.get("state") or {}
+    if state.get("type") == "SCHEDULED":  # a deployment's future run does not; a retry does
+        return state.get("name") == "AwaitingRetry"
+    handed_over = state.get("name") == "Submitted"
+    return handed_over or starting_again(run) or alive(owner_of(run.get("tags"))) is not False
 
 
 def _idle_for(p: _Paths, ready_at: float) -> float:
@@ -119,6 +125,7 @@ def supervise(home: Path, port: int, idle_minutes: float) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)
     child: subprocess.Popen | None = None
+    runner: subprocess.Popen | None = None
     code = 0
     try:
         argv = [sys.executable, "-m", ENTRY_MODULE, "serve", "--port", str(port)]
@@ -135,10 +142,15 @@ def supervise(home: Path, port: int, idle_minutes: float) -> int:
                 if code is not None:
                     _say(f"prefect server exited with code {code}")
                     return code or 1
+                if runner is not None and runner.poll() is not None:
+                    _say(f"the runner exited with code {runner.returncode}: Retry in the UI "
+                         "waits for the next server")  # fmt: skip
+                    runner = None
                 if ready_at is None:
                     if _healthy(url, client):
                         ready_at = time.time()
                         _say(f"ready after {ready_at - started:.1f} s")
+                        runner = _start_runner(port, hook)
                     elif time.time() - started > SUPERVISOR_READY_LIMIT:
                         _say(f"not healthy after {SUPERVISOR_READY_LIMIT:g} s, stopping it")
                         return 1
@@ -164,9 +176,18 @@ def supervise(home: Path, port: int, idle_minutes: float) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        if child is not None:
-            _terminate(child)
+        for process in (runner, child):
+            if process is not None:
+                _terminate(process)
         _forget_state(p, os.getpid())
+
+
+def _start_runner(port: int, hook) -> subprocess.Popen:
+    """The runner of this server: it carries out Retry in the UI (flows.runner)."""
+    argv = [sys.executable, "-m", RUNNER_MODULE, "--port", str(port)]
+    runner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=hook)
+    _say(f"runner pid {runner.pid} serves the group deployment")
+    return runner
 
 
 def serve(port: int) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from caliban_flows.platforms.base import JobState, RemoteJob, first_line
-from caliban_flows.server.owner import owner_of
+from caliban_flows.server.owner import owner_of, starting_again
 from caliban_flows.state import prefect_api
 
 FLOW_NAME = "caliban-experiment-group"
@@ -45,6 +45,8 @@ class GroupRun:
     version: int = 2  # 1: jobs, image, command and build in the run's parameters
     state_name: str = ""  # e.g. "Submitted": a remote run whose jobs are all handed over
     owner: str | None = None  # the process that runs it (server.owner): host:pid:start
+    run_count: int = 0  # how many times Prefect ran it: more than 1 once retried in place
+    starting_again: bool = False  # retried, and no process has claimed it yet (server.owner)
 
     def recipe_of(self, job: dict) -> dict:
         return self.recipes[job.get("recipe", 0)]
@@ -127,6 +129,8 @@ def _group_run(run: dict) -> GroupRun:
         limit=params.get("limit"),
         state_name=state.get("name") or "",
         owner=owner_of(run.get("tags")),
+        run_count=run.get("run_count") or 0,
+        starting_again=starting_again(run),
     )
     if "recipes" in params:
         return GroupRun(
@@ -328,7 +332,7 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
                 ],
                 "image": recipe.get("image"),
                 "command": list(recipe.get("command") or []),
-                "created": run.created,
+                "created": job.get("created") or run.created,
                 "flow_run_id": run.flow_run_id,
             }
     return list(rows.values())

@@ -24,17 +24,26 @@ class LeaseBusy(RuntimeError):
 
 
 def _ensure_lock(http, name: str) -> None:
+    # Looked up first: the server logs a traceback for each create that finds it there.
+    if http.get(f"/v2/concurrency_limits/{name}").status_code == 200:
+        return
     made = http.post("/v2/concurrency_limits/", json={"name": name, "limit": 1})
-    if made.status_code != 409:  # 409: it exists already
+    if made.status_code != 409:  # 409: made meanwhile by another holder
         made.raise_for_status()
 
 
 @contextlib.contextmanager
 def held(
-    http, name: str, *, wait: float, on_wait: Callable[[], None] | None = None
+    http,
+    name: str,
+    *,
+    wait: float,
+    on_wait: Callable[[], None] | None = None,
+    busy: Callable[[], Exception] | None = None,
 ) -> Iterator[None]:
     """Hold the one-slot limit `name` (created if missing) for the block's duration; wait up
-    to `wait` seconds for it (calling `on_wait` once, when it is taken), else LeaseBusy."""
+    to `wait` seconds for it (calling `on_wait` once, when it is taken), else raise `busy()`
+    (LeaseBusy by default)."""
     _ensure_lock(http, name)
     body = {"names": [name], "slots": 1, "lease_duration": LEASE_SECONDS}
     deadline = time.monotonic() + wait
@@ -45,7 +54,7 @@ def held(
             got.raise_for_status()
             break
         if time.monotonic() > deadline:
-            raise LeaseBusy(f"{name!r} stayed taken for {wait:g} s")
+            raise busy() if busy else LeaseBusy(f"{name!r} stayed taken for {wait:g} s")
         if not told and on_wait is not None:
             on_wait()
             told = True

@@ -81,15 +81,12 @@ def _lock_name(name: str) -> str:
 def pool_lock(http, name: str, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
     """One round at a time per pool, across processes: a one-slot limit held by a lease,
     renewed while the round goes on (a round at the real Vertex pace outlasts one lease)."""
-    from caliban_flows.state.leases import LeaseBusy, held
+    from caliban_flows.state.leases import held
 
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(held(http, _lock_name(name), wait=wait))
-        except LeaseBusy:
-            raise LimitError(
-                f"the concurrency limit {name!r} stayed locked for {wait:g} s"
-            ) from None
+    def busy() -> Exception:
+        return LimitError(f"the concurrency limit {name!r} stayed locked for {wait:g} s")
+
+    with held(http, _lock_name(name), wait=wait, busy=busy):
         yield
 
 

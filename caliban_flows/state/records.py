@@ -5,6 +5,8 @@ keep what is per submission (platform, placement, recipes) and the jobs go into 
 type `caliban-jobs` linked to the run: columns of JSON, zlib-compressed, base64, in parts of
 at most PART_JOBS jobs. A settled run's last word from the platform on each job goes the same
 way into one `caliban-final` artifact. One paged artifact filter reads them for many runs.
+A run that is retried (the UI's Retry, `caliban resubmit`) records its new attempts as one
+more round of parts; its jobs are every round's, in order.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def unpack(text: str) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*(columns[n] for n in names))]
 
 
-def jobs_artifacts(flow_run_id: str, jobs: Sequence[dict]) -> list[dict]:
-    """The bodies to POST to /artifacts/ for a submission's jobs."""
+def jobs_artifacts(flow_run_id: str, jobs: Sequence[dict], round: int = 1) -> list[dict]:
+    """The bodies to POST to /artifacts/ for a submission's jobs (`round` N: its N-th run)."""
     parts = max(1, -(-len(jobs) // PART_JOBS))
     return [
         {
@@ -44,6 +46,7 @@ def jobs_artifacts(flow_run_id: str, jobs: Sequence[dict]) -> list[dict]:
             "flow_run_id": flow_run_id,
             "description": f"caliban's record of this run's jobs (part {i + 1} of {parts})",
             "data": {
+                "round": round,
                 "part": i,
                 "parts": parts,
                 "jobs": pack(jobs[i * PART_JOBS : (i + 1) * PART_JOBS], JOB_FIELDS),
@@ -75,7 +78,7 @@ def write(http, bodies: Iterable[dict]) -> int:
 
 def read(http, flow_run_ids: Sequence[str]) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
     """The recorded jobs and the final words of these runs: two maps from run id to rows."""
-    jobs: dict[str, dict[int, list[dict]]] = {}
+    jobs: dict[str, dict[tuple[int, int], list[dict]]] = {}
     final: dict[str, tuple[str, list[dict]]] = {}
     ids = list(flow_run_ids)
     for start in range(0, len(ids), 500):  # a bounded request body however many runs
@@ -91,7 +94,12 @@ def read(http, flow_run_ids: Sequence[str]) -> tuple[dict[str, list[dict]], dict
             if not run_id or not isinstance(data, dict):
                 continue
             if artifact.get("type") == JOBS_TYPE:
-                jobs.setdefault(run_id, {})[int(data["part"])] = unpack(data["jobs"])
+                part = (int(data.get("round", 1)), int(data["part"]))
+                rows = unpack(data["jobs"])
+                if part[0] > 1:  # a rerun in place: its jobs started then, not with the run
+                    when = (artifact.get("created") or "").replace("T", " ")[:19]
+                    rows = [{**row, "created": when} for row in rows]
+                jobs.setdefault(run_id, {})[part] = rows
             elif artifact.get("type") == FINAL_TYPE:
                 created = artifact.get("created") or ""
                 if run_id not in final or created > final[run_id][0]:

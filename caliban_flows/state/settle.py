@@ -45,7 +45,7 @@ def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
     out = []
     for run in runs:
         seen = remote.get(where(run), {})
-        if isinstance(seen, Unreached):  # nothing known: nothing to settle on
+        if isinstance(seen, Unreached) or run.starting_again:  # nothing to settle on yet
             continue
         found = [seen.get((j["key"], j["attempt"])) for j in run.jobs]
         handed_over = is_remote(run) and run.state_name == "Submitted"
@@ -56,10 +56,12 @@ def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
         # version): a remote one settles once all its jobs are there and ended, as before.
         unowned = owner is None and is_remote(run) and not handed_over and bool(run.jobs)
         if run.state in ("CANCELLING", "CANCELLED"):
-            if not is_remote(run):  # caliban stop / Ctrl-C stopped the containers themselves
+            live = tuple(j.remote_id for j in found if j is not None and not j.state.terminal)
+            if not is_remote(run):  # e.g. Cancel in the UI: the stop caliban stop makes
+                if live or run.state == "CANCELLING":
+                    out.append(Settlement(run, "CANCELLED", run.message or STOPPED_MESSAGE, live))
                 continue
             final = tuple(j for j in found if j is not None) if ended else None
-            live = tuple(j.remote_id for j in found if j is not None and not j.state.terminal)
             if live or run.state == "CANCELLING" or run.final is None:
                 message = run.message or STOPPED_MESSAGE
                 out.append(Settlement(run, "CANCELLED", message, live, final))
@@ -69,7 +71,8 @@ def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
             if not orphaned and not all(found):  # queued behind --max_running, or not yet
                 continue
             out.append(_ended(run, found, never_started=orphaned))
-        elif run.state == "COMPLETED" and run.state_name == "Submitted":
+        elif run.state == "COMPLETED" and run.state_name == "Submitted" and owner is not True:
+            # (A live owner is about to keep it RUNNING itself: settling now would race it.)
             if ended and all(found):
                 out.append(_ended(run, found, never_started=False))
             else:  # still running remotely: mirrored again, and cancellable in the UI
@@ -89,9 +92,20 @@ def _ended(run: GroupRun, found: list[RemoteJob | None], *, never_started: bool)
     if not run.jobs:
         message = "the caliban process ended before it recorded any job: submit again"
         return Settlement(run, "FAILED", message, final=())
-    failed = sum(1 for j in final if j.state is not JobState.SUCCEEDED)
+    latest = _latest_per_key(final)  # a run retried in place: its newest attempts count
+    failed = sum(1 for j in latest if j.state is not JobState.SUCCEEDED)
     lost = sum(1 for j in found if j is None)
-    message = f"{failed} of {len(final)} jobs failed" if failed else f"{len(final)} jobs succeeded"
+    message = (
+        f"{failed} of {len(latest)} jobs failed" if failed else f"{len(latest)} jobs succeeded"
+    )
     if never_started and lost:
         message += f" ({lost} never started: the caliban process running them ended)"
     return Settlement(run, "FAILED" if failed else "COMPLETED", message, final=final)
+
+
+def _latest_per_key(jobs: tuple[RemoteJob, ...]) -> list[RemoteJob]:
+    latest: dict[str, RemoteJob] = {}
+    for job in jobs:
+        if job.key not in latest or job.attempt >= latest[job.key].attempt:
+            latest[job.key] = job
+    return list(latest.values())

@@ -55,16 +55,17 @@ def build_image(root: str, dockerfile: str, no_cache: bool = False) -> dict:
 
 
 @task(name="record-jobs", cache_policy=NO_CACHE)
-def record_jobs(jobs: list[dict]) -> int:
+def record_jobs(jobs: list[dict], round: int = 1) -> int:
     """Write the submission's jobs onto its flow run (artifacts), before any of them starts:
-    what `caliban status`, `stop` and `resubmit` read back. The bytes written."""
+    what `caliban status`, `stop` and `resubmit` read back (`round` N: the run's N-th run).
+    The bytes written."""
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_API_URL
 
     from caliban_flows.state import prefect_api, records
 
     with prefect_api.client(PREFECT_API_URL.value()) as http:
-        return records.write(http, records.jobs_artifacts(flow_run.id, jobs))
+        return records.write(http, records.jobs_artifacts(flow_run.id, jobs, round))
 
 
 @task(name="expand-sweep", cache_policy=NO_CACHE)

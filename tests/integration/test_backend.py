@@ -62,9 +62,15 @@ def _supervisors(home: Path) -> list[int]:
 
 
 def _server_pid(supervisor: int) -> int:
+    """The supervisor's server child (its other child, once the server is up, is the runner)."""
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    assert len(children) == 1, children
-    return int(children[0])
+    servers = [
+        int(pid)
+        for pid in children
+        if b"serve" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+    assert len(servers) == 1, children
+    return servers[0]
 
 
 def _gone(pid: int) -> bool:

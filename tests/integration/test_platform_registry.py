@@ -147,5 +147,6 @@ def test_a_platform_defined_here_runs_through_the_whole_engine(tmp_path):
         [[*zone, "--fail", "--n", "2"], "SUCCEEDED", 2, "toy"],
         [[*zone, "--hold", "--n", "3"], "RUNNING", 2, "toy"],
     ]
-    # Two submissions (the run and the resubmit), both on the toy platform's placement.
-    assert [r[:2] for r in steps["runs"]] == [["toy", {"zone": "z1"}]] * 2
+    # The resubmit ran the same run again (in place, as Retry in the UI does), on the toy
+    # platform's placement.
+    assert [r[:2] for r in steps["runs"]] == [["toy", {"zone": "z1"}]]
