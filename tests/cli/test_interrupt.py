@@ -25,8 +25,8 @@ def on_stuck():
 with exit_even_if_stuck(on_stuck, grace=1.0):
     if hang:  # what a wedged API call looks like: a thread that never ends, joined at exit
         threading.Thread(target=threading.Event().wait).start()
-    print("ready", flush=True)
-    try:
+    try:  # "ready" inside: on a busy machine the Ctrl-C can come right after it is printed
+        print("ready", flush=True)
         threading.Event().wait()
     except KeyboardInterrupt:
         print("interrupted", flush=True)

@@ -76,8 +76,13 @@ def start_long_job(cli, project: Path, xgroup: str) -> subprocess.Popen:
          "--", "--sleep", "600"],
         cwd=project, env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    wait_for(lambda: cli("status", "--xgroup", xgroup, "--format", "json").returncode == 0
-             and status(cli, xgroup)[0]["state"] == "RUNNING")  # fmt: skip
+
+    def job_running() -> bool:  # the group exists, with no job recorded yet, for a moment
+        done = cli("status", "--xgroup", xgroup, "--format", "json")
+        rows = json.loads(done.stdout) if done.returncode == 0 else []
+        return bool(rows) and rows[0]["state"] == "RUNNING"
+
+    wait_for(job_running)
     return running
 
 
