@@ -45,7 +45,6 @@ class GroupRun:
     version: int = 2  # 1: jobs, image, command and build in the run's parameters
     state_name: str = ""  # e.g. "Submitted": a remote run whose jobs are all handed over
     owner: str | None = None  # the process that runs it (server.owner): host:pid:start
-    run_count: int = 0  # how many times Prefect ran it: more than 1 once retried in place
     starting_again: bool = False  # retried, and no process has claimed it yet (server.owner)
 
     def recipe_of(self, job: dict) -> dict:
@@ -129,7 +128,6 @@ def _group_run(run: dict) -> GroupRun:
         limit=params.get("limit"),
         state_name=state.get("name") or "",
         owner=owner_of(run.get("tags")),
-        run_count=run.get("run_count") or 0,
         starting_again=starting_again(run),
     )
     if "recipes" in params:
