@@ -7,9 +7,10 @@ import sys
 from collections.abc import Iterator
 
 from prefect import flow
-from prefect.states import Cancelled, Completed, Failed
+from prefect.states import Cancelled, Completed, Failed, Running
 from prefect.utilities.annotations import quote
 
+from caliban_flows.flows.group_runs import SUBMITTED, hands_over
 from caliban_flows.platforms.base import JobRequest, JobState
 from caliban_flows.state.groups import FLOW_NAME, STOPPED_MESSAGE
 from caliban_flows.tasks.jobs import build_image, expand_sweep, record_jobs, run_job
@@ -45,13 +46,6 @@ def hand_over(jobs: list[dict]) -> str:
     return submission
 
 
-def _keep_running_when_submitted(flow, flow_run, state) -> None:
-    """A remote group whose jobs are all with their platform stays RUNNING ("Submitted"):
-    mirrored by reconcile rounds, and cancellable in the UI, until its jobs end."""
-    if state.name == "Submitted":
-        mark_submitted(str(flow_run.id), state.message)
-
-
 def _stop_its_jobs(flow, flow_run, state) -> None:
     """Cancel in the UI of a run a runner runs (a Retry): its jobs stop, as caliban stop."""
     from prefect.settings import PREFECT_API_URL
@@ -75,7 +69,6 @@ def _stop_its_jobs(flow, flow_run, state) -> None:
     name=FLOW_NAME,
     flow_run_name="{xgroup}",
     persist_result=False,
-    on_completion=[_keep_running_when_submitted],
     on_cancellation=[_stop_its_jobs],
 )
 def experiment_group(
@@ -94,11 +87,12 @@ def experiment_group(
     Vertex's project, region and machine; the cluster's context and resources; local GPU mode
     and docker run args) and its recipes (entry point, image, how to rebuild it). Each job,
     recorded as artifacts on this run, names its recipe. The run fails when any job fails.
-    Remote runs end once every job is submitted, unless `wait`, and stay RUNNING
-    ("Submitted") until reconcile rounds settle them when the jobs end. With `limit`
-    (--max_running: a Prefect concurrency limit's name and cap) at most that many jobs run at
-    once. Run again (Retry in the UI, `caliban resubmit`), it reruns its failed and stopped
-    jobs as their next attempt (flows.retry).
+    Run by this process (flows.group_runs.run_here), a remote run ends its part once every
+    job is submitted, unless `wait`, and stays RUNNING ("Submitted") until reconcile rounds
+    settle it when the jobs end; run by a runner (the UI's Retry), it waits for its jobs.
+    With `limit` (--max_running: a Prefect concurrency limit's name and cap) at most that
+    many jobs run at once. Run again (Retry in the UI, `caliban resubmit`), it reruns its
+    failed and stopped jobs as their next attempt (flows.retry).
     """
     from prefect.runtime import flow_run
 
@@ -218,10 +212,12 @@ def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record
         else:
             submitted = submit_jobs(quote(requests), platform, record)
             message = f"{len(submitted)} jobs submitted to {where}"
-    if not wait:
-        # Named so that its event is prefect.flow-run.Submitted: triggers on
+    if not wait and hands_over():
+        # One write, RUNNING to RUNNING: mirrored by reconcile rounds, and cancellable in the
+        # UI, until its jobs end. Its event is prefect.flow-run.Submitted: triggers on
         # prefect.flow-run.Completed fire once, when the jobs have ended.
-        return Completed(name="Submitted", message=message)
+        _claim_next_entry()
+        return Running(name=SUBMITTED, message=message)
     refill = (lambda: fill_slots.fn(limit["name"])) if limit else None
     ended = monitor_jobs(xgroup, platform, record, submitted, _stopped, len(requests), refill)
     if _stopped():
@@ -307,20 +303,17 @@ def stop_running(xgroup: str, keys: set[str]) -> None:
     )
 
 
-def mark_submitted(flow_run_id: str, message: str | None) -> None:
-    """Keep a remote group's run RUNNING while its jobs run remotely: cancellable in the UI.
-    Entering RUNNING counts as a run of it (server.owner): this process claims that one."""
+def _claim_next_entry() -> None:
+    """Entering RUNNING again counts as another run of this flow run (server.owner): this
+    process claims that one before its state says so."""
     from prefect.client.orchestration import get_client
-    from prefect.states import Running
+    from prefect.runtime import flow_run
 
     from caliban_flows.server.owner import claim_tags
 
     with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(flow_run_id)
-        client.update_flow_run(flow_run.id, tags=claim_tags(flow_run.tags, flow_run.run_count + 1))
-        client.set_flow_run_state(
-            flow_run_id, Running(name="Submitted", message=message), force=True
-        )
+        run = client.read_flow_run(flow_run.id)
+        client.update_flow_run(run.id, tags=claim_tags(run.tags, run.run_count + 1))
 
 
 def _stopped() -> bool:

@@ -7,16 +7,24 @@ group run is created from the deployment, in PENDING, which no runner takes, and
 runs it. Retry sets a run to AwaitingRetry: a runner takes it and runs the group flow again in
 its own process, which reruns the failed and stopped jobs as attempt N+1 (flows.retry).
 `caliban resubmit` claims the runs itself and does the same here.
+
+A remote group run here ends its part once every job is with its platform: the run goes from
+RUNNING to RUNNING ("Submitted") in one write, and reconcile rounds settle it when the jobs
+end. No moment records a live group as ended (a flow can only return a final state to
+Prefect's own loop, which would run the flow again on any other).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextvars import ContextVar
 
 from caliban_flows.spec.errors import CalibanError
 
 DEPLOYMENT = "caliban-group"
 RESUBMITTING = "Resubmitting"  # the state name of a run `caliban resubmit` is about to rerun
+SUBMITTED = "Submitted"  # a remote run whose jobs are all with their platform
+_HANDS_OVER: ContextVar[bool] = ContextVar("caliban_hands_over", default=False)
 _DEPLOYMENT_IDS: dict[str, object] = {}  # per API URL, for this process
 
 
@@ -56,10 +64,38 @@ def deployment_id(client):
     return _DEPLOYMENT_IDS[url]
 
 
+def hands_over() -> bool:
+    """Whether the group flow running now may end its part at RUNNING ("Submitted"): only
+    under `run_here`. Elsewhere (a runner carrying out the UI's Retry) it waits for its jobs."""
+    return _HANDS_OVER.get()
+
+
+def handed_over(state) -> bool:
+    return state is not None and state.is_running() and state.name == SUBMITTED
+
+
+def run_here(flow, flow_run=None, parameters: dict | None = None):
+    """Run a group flow in this process (a subflow of the running flow when `flow_run` is
+    None) until it ends, or until its jobs are all with their platform; its last state."""
+    # Prefect's run_flow, with one more way out of its loop: the engine is public API of
+    # the pinned Prefect (pyproject), and run_flow is this loop without the last condition.
+    from prefect.flow_engine import FlowRunEngine
+
+    engine = FlowRunEngine(flow=flow, parameters=parameters, flow_run=flow_run)
+    token = _HANDS_OVER.set(True)
+    try:
+        with engine.start():
+            while engine.is_running() and not handed_over(engine.state):
+                with engine.run_context():
+                    engine.call_flow_fn()
+    finally:
+        _HANDS_OVER.reset(token)
+    return engine.state
+
+
 def start_group(flow, parameters: dict, tags: Iterable[str]):
-    """Create the group's run from the deployment and run it here; its final state."""
+    """Create the group's run from the deployment and run it here; its last state."""
     from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
     from prefect.states import Pending
 
     with get_client(sync_client=True) as client:
@@ -70,15 +106,14 @@ def start_group(flow, parameters: dict, tags: Iterable[str]):
             state=Pending(),
             name=parameters["xgroup"],
         )
-    return run_flow(flow, flow_run=flow_run, parameters=parameters, return_type="state")
+    return run_here(flow, flow_run, parameters)
 
 
 def rerun(flow_run_id: str, chosen: list[tuple[str, int]]):
     """Run a group's run again here, rerunning `chosen` (key, attempt) of its jobs as their
-    next attempt; its final state. A run still at work in a process is refused; a remote run
+    next attempt; its last state. A run still at work in a process is refused; a remote run
     whose jobs are all with their platform ("Submitted") is taken as it is."""
     from prefect.client.orchestration import get_client
-    from prefect.flow_engine import run_flow
     from prefect.states import Pending
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -88,8 +123,7 @@ def rerun(flow_run_id: str, chosen: list[tuple[str, int]]):
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
         state = flow_run.state
-        handed_over = state is not None and state.name == "Submitted"
-        if state is None or not (state.is_final() or handed_over):
+        if state is None or not (state.is_final() or state.name == SUBMITTED):
             raise CalibanError(
                 f"run {flow_run_id} of the group is still at work ({state.name if state else 'no'}"
                 " state): resubmit once it has ended, or stop it first"
@@ -103,4 +137,4 @@ def rerun(flow_run_id: str, chosen: list[tuple[str, int]]):
     RERUN[str(flow_run.id)] = list(chosen)
     parallel = max(int(flow_run.parameters.get("parallel") or 1), 1)
     flow = experiment_group.with_options(task_runner=ThreadPoolTaskRunner(max_workers=parallel))
-    return run_flow(flow, flow_run=flow_run, parameters=flow_run.parameters, return_type="state")
+    return run_here(flow, flow_run, flow_run.parameters)

@@ -94,6 +94,7 @@ def run_in_flow(plan) -> State:
         group_tags,
         hand_over,
     )
+    from caliban_flows.flows.group_runs import handed_over, run_here
 
     plan = prepare_image(plan)
     if plan.limit is not None:
@@ -104,9 +105,9 @@ def run_in_flow(plan) -> State:
     args = plan.group_args()
     jobs = args.pop("jobs")
     with tags(*group_tags(plan.xgroup, plan.platform, plan.limit)):
-        state = group_flow(**args, submission=hand_over(jobs), return_state=True)
+        state = run_here(group_flow, parameters={**args, "submission": hand_over(jobs)})
     message = f"xgroup {plan.xgroup}: {state.message or state.name}"
-    if state.is_completed():
+    if state.is_completed() or handed_over(state):
         return Completed(message=message)
     if state.is_cancelled():  # `caliban stop`
         return Cancelled(message=message)

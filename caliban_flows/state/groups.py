@@ -90,11 +90,12 @@ def _with_jobs(http, runs: list[GroupRun]) -> list[GroupRun]:
     out = []
     for run in runs:
         ended = final.get(run.flow_run_id) if run.state in SETTLED_RUN_STATES else None
+        run_jobs = jobs.get(run.flow_run_id, []) if run.version >= 2 else run.jobs
         out.append(
             replace(
                 run,
-                jobs=jobs.get(run.flow_run_id, []) if run.version >= 2 else run.jobs,
-                final=_final(ended) if ended is not None else run.final,
+                jobs=run_jobs,
+                final=_covering(_final(ended), run_jobs) if ended is not None else run.final,
             )
         )
     return out
@@ -157,6 +158,15 @@ def _group_run(run: dict) -> GroupRun:
 
 
 FINAL_KEY = "caliban_final_jobs"  # where runs settled before records.FINAL_TYPE kept it
+
+
+def _covering(final: tuple[RemoteJob, ...] | None, jobs: list[dict]):
+    """A final record is the run's last word only if it names every attempt the run
+    recorded: one written before a retry round added attempts is not (ask the platform)."""
+    if final is None:
+        return None
+    named = {(j.key, j.attempt) for j in final}
+    return final if all((j["key"], j["attempt"]) in named for j in jobs) else None
 
 
 def _final(jobs) -> tuple[RemoteJob, ...] | None:

@@ -115,10 +115,9 @@ def reconcile(
     for s in settled:
         if s.cancel:
             platforms.get(s.run).cancel(list(s.cancel))
-        if s.run.state != s.state or (s.final is not None and s.run.final is None):
-            if s.final is not None:  # first, so a settled state always has its final word
-                final = records.final_artifact(s.run.flow_run_id, final_rows(s.final))
-                records.write(http, [final])
+        if s.final is not None and s.run.final is None:  # first: a settled state has it
+            records.write(http, [records.final_artifact(s.run.flow_run_id, final_rows(s.final))])
+        if s.run.state != s.state or (s.name is not None and s.name != s.run.state_name):
             state = {"type": s.state, "message": s.message}
             if s.name:
                 state["name"] = s.name

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from caliban_flows.platforms.base import JobState, RemoteJob
 from caliban_flows.state.groups import (
+    SETTLED_RUN_STATES,
     STOPPED_MESSAGE,
     GroupRun,
     Remote,
@@ -39,7 +40,8 @@ NEVER_STARTED = "never started: the caliban process running its group ended firs
 def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
     """Runs whose record no longer matches their jobs: every job ended (a remote group, or a
     group whose process died), a cancel (e.g. in the UI) to carry out, or a remote group
-    recorded as ended while its jobs still run (its process died between the two writes)."""
+    recorded as ended while its jobs still run (by a version that marked Submitted in two writes,
+    its process dying between them)."""
     from caliban_flows.server.owner import alive
 
     out = []
@@ -72,12 +74,24 @@ def settlements(runs: Iterable[GroupRun], remote: Remote) -> list[Settlement]:
                 continue
             out.append(_ended(run, found, never_started=orphaned))
         elif run.state == "COMPLETED" and run.state_name == "Submitted" and owner is not True:
-            # (A live owner is about to keep it RUNNING itself: settling now would race it.)
+            # (A live owner of such a version is about to keep it RUNNING itself.)
             if ended and all(found):
                 out.append(_ended(run, found, never_started=False))
             else:  # still running remotely: mirrored again, and cancellable in the UI
                 out.append(Settlement(run, "RUNNING", run.message, name="Submitted"))
+        elif run.state in SETTLED_RUN_STATES and _unrecorded_end(run, found):
+            # Ended by its own flow (one that followed its jobs): its jobs' last word, once
+            # the platform has it, so later rounds need not ask again.
+            final = tuple(j for j in found if j is not None)
+            out.append(Settlement(run, run.state, run.message, final=final))
     return out
+
+
+def _unrecorded_end(run: GroupRun, found: list[RemoteJob | None]) -> bool:
+    """A remote run that ended with no record of its jobs' end, all of which have ended."""
+    if run.final is not None or not is_remote(run) or run.state_name == "Submitted":
+        return False
+    return bool(run.jobs) and all(j is not None and j.state.terminal for j in found)
 
 
 def _ended(run: GroupRun, found: list[RemoteJob | None], *, never_started: bool) -> Settlement:

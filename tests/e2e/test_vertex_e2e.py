@@ -267,6 +267,37 @@ def test_a_vertex_group_says_completed_once_when_its_jobs_end(simulated, project
     assert events().count("prefect.flow-run.Completed") == 1
 
 
+def state_history(cli, flow_run_id: str) -> list[tuple[str, str]]:
+    """Every state the run entered, oldest first, as (type, name)."""
+    got = httpx.get(f"{api_url(cli)}/flow_run_states/", params={"flow_run_id": flow_run_id},
+                    timeout=10).json()  # fmt: skip
+    ordered = sorted(got, key=lambda s: s["timestamp"])
+    return [(s["type"], s["name"]) for s in ordered]
+
+
+def test_a_live_vertex_group_is_never_recorded_as_ended(simulated, project):
+    """Submitted is one write, RUNNING to RUNNING: no moment says ended while a job runs."""
+    emulator, cli = simulated
+    emulator.hold(True)
+    sweep(project, 2)
+    xgroup = f"vs-{uuid.uuid4().hex[:8]}"
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup,
+               "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = status(cli, xgroup)
+    assert [r["state"] for r in rows] == ["RUNNING", "RUNNING"], rows
+    run_id = rows[0]["flow_run_id"]
+    assert state_history(cli, run_id) == [
+        ("PENDING", "Pending"),
+        ("RUNNING", "Running"),
+        ("RUNNING", "Submitted"),
+    ]
+    for row in rows:
+        emulator.finish(row["remote_id"], "JOB_STATE_SUCCEEDED")
+    assert {r["state"] for r in status(cli, xgroup)} == {"SUCCEEDED"}
+    assert state_history(cli, run_id)[3:] == [("COMPLETED", "Completed")]
+
+
 def test_cancelling_the_flow_run_in_prefect_cancels_the_remote_jobs(simulated, project):
     emulator, cli = simulated
     emulator.hold(True)
