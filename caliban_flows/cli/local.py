@@ -19,7 +19,13 @@ from caliban_flows.spec.errors import SpecError
 
 
 def _session_image(
-    image_id: str | None, text: str | None, *, gpu: bool, no_cache: bool, **inputs
+    image_id: str | None,
+    text: str | None,
+    *,
+    gpu: bool,
+    no_cache: bool,
+    cloud_key: str | None,
+    **inputs,
 ) -> tuple[str, list[str]]:
     """The session's image, built unless given, and the GPU flags for `docker run`.
 
@@ -31,8 +37,13 @@ def _session_image(
     nvidia = engine_gpu(docker_client(), gpu)
     if gpu and not nvidia and image_id is None:
         text = sub.dockerfile(gpu=False, **inputs)
-    image = image_id or build_here(text, no_cache=no_cache).tag
+    image = image_id or build_here(text, no_cache=no_cache, credentials=_named(cloud_key)).tag
     return image, (["--runtime", "nvidia"] if nvidia else [])
+
+
+def _named(cloud_key: str | None) -> tuple[str, ...]:
+    """The key file --cloud_key names: never sent to Docker (platforms.images)."""
+    return (cloud_key,) if cloud_key else ()
 
 
 def _default_shell() -> str:
@@ -67,7 +78,13 @@ def shell(
     text = None if image_id else sub.dockerfile(gpu=gpu, extras=extras, shell=chosen)
     credentials = credential_args(cloud_key)
     image, gpu_args = _session_image(
-        image_id, text, gpu=gpu, no_cache=no_cache, extras=extras, shell=chosen
+        image_id,
+        text,
+        gpu=gpu,
+        no_cache=no_cache,
+        cloud_key=cloud_key,
+        extras=extras,
+        shell=chosen,
     )
     argv = docker_argv(
         image,
@@ -117,7 +134,13 @@ def notebook(
     credentials = credential_args(cloud_key)
     chosen_port = port or free_port()
     image, gpu_args = _session_image(
-        image_id, text, gpu=gpu, no_cache=no_cache, extras=extras, jupyter=jupyter
+        image_id,
+        text,
+        gpu=gpu,
+        no_cache=no_cache,
+        cloud_key=cloud_key,
+        extras=extras,
+        jupyter=jupyter,
     )
     app = "lab" if lab else "notebook"
     entrypoint = ["python", "-m", "jupyter", app, "--ip=0.0.0.0", f"--port={chosen_port}",
@@ -158,7 +181,7 @@ def build(
     )
     from caliban_flows.flows.images import build_here, push_here
 
-    built = build_here(text, no_cache=no_cache)
+    built = build_here(text, no_cache=no_cache, credentials=_named(cloud_key))
     print(push_here(built.tag, target) if target else built.tag)
 
 

@@ -15,17 +15,23 @@ def _show_build_line(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def build_here(dockerfile: str, *, no_cache: bool):
-    """Build the current folder's image now, streaming Docker's output to stderr."""
-    from caliban_flows.platforms.images import ImageError, build_image
+def build_here(dockerfile: str, *, no_cache: bool, credentials: tuple[str, ...] = ()):
+    """Build the current folder's image now, streaming Docker's output to stderr; one line
+    names the credentials left out of it (platforms.images)."""
+    from caliban_flows.platforms.images import ImageError, build_image, left_out_warning
     from caliban_flows.tasks.progress import BuildProgress
 
     client = docker_client()
     try:
         with BuildProgress() as progress:
-            return build_image(client, Path.cwd(), dockerfile, no_cache=no_cache, on_log=progress)
+            built = build_image(client, Path.cwd(), dockerfile, no_cache=no_cache,
+                                on_log=progress, credentials=credentials)  # fmt: skip
     except ImageError as e:
         raise CalibanError(str(e).splitlines()[0]) from e
+    warning = left_out_warning(built.left_out)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return built
 
 
 def push_here(tag: str, target) -> str:

@@ -1,7 +1,10 @@
 """Content-addressed images on a Docker engine: build once per content, push once per tag.
 
 The tag is a hash of the rendered Dockerfile and every file Docker would receive (after
-.dockerignore), so the same content never rebuilds and never re-pushes.
+.dockerignore), so the same content never rebuilds and never re-pushes. Credentials in the
+project folder (spec.secret_files) are never sent: not in the image, not in the hash. The
+Dockerfile caliban adds is sent with a .dockerignore naming it, so that the engine reads it
+and then drops it from what COPY sees.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DOCKERFILE_NAME = ".caliban.Dockerfile"  # added to the build context; never in the user's tree
@@ -30,11 +33,61 @@ def _ignore_patterns(root: Path) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def context_files(root: Path) -> list[str]:
-    """Paths (relative, sorted) of what Docker would receive from `root`."""
+@dataclass(frozen=True)
+class Context:
+    files: list[str]  # relative and sorted: what Docker receives, and what the tag hashes
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # credentials: (path, why)
+
+
+def build_context(root: Path, credentials: Iterable[str | Path] = ()) -> Context:
+    """What Docker would receive from `root` (after .dockerignore), credentials left out:
+    the files `credentials` names, and any file that holds a key (spec.secret_files)."""
     from docker.utils.build import exclude_paths
 
-    return sorted(exclude_paths(str(root), _ignore_patterns(root), dockerfile=DOCKERFILE_NAME))
+    from caliban_flows.spec.secret_files import HEAD_BYTES, secret_kind
+
+    here = root.resolve()
+    named = set()
+    for path in credentials:
+        try:
+            named.add(Path(path).expanduser().resolve().relative_to(here).as_posix())
+        except ValueError:  # outside the project folder: never sent anyway
+            continue
+    files, left_out = [], []
+    found = exclude_paths(str(root), _ignore_patterns(root), dockerfile=DOCKERFILE_NAME)
+    for rel in sorted(found):
+        path = root / rel
+        kind = None
+        if rel != DOCKERFILE_NAME and stat.S_ISREG(path.lstat().st_mode):
+            try:
+                with open(path, "rb") as f:
+                    kind = secret_kind(rel, f.read(HEAD_BYTES), frozenset(named))
+            except OSError:
+                kind = None  # unreadable: Docker will say so itself
+        if kind is None:
+            files.append(rel)
+        else:
+            left_out.append((rel, kind))
+    return Context(files, left_out)
+
+
+def context_files(root: Path) -> list[str]:
+    """Paths (relative, sorted) of what Docker would receive from `root`."""
+    return build_context(root, default_credentials()).files
+
+
+def default_credentials() -> list[str]:
+    """The credentials file the environment names, if any."""
+    named = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    return [named] if named else []
+
+
+def left_out_warning(left_out: list[tuple[str, str]]) -> str | None:
+    """The one line that names the credentials kept out of an image."""
+    if not left_out:
+        return None
+    names = ", ".join(f"{path} ({why})" for path, why in left_out)
+    return f"warning: left out of the image, as credentials: {names}"
 
 
 def _file_digest(path: Path) -> bytes:
@@ -77,6 +130,7 @@ class BuiltImage:
     tag: str  # repository:content-hash
     image_id: str
     built: bool  # False when the image already existed
+    left_out: list[tuple[str, str]] = field(default_factory=list)  # credentials not sent
 
 
 def build_image(
@@ -86,21 +140,27 @@ def build_image(
     *,
     no_cache: bool = False,
     on_log: Callable[[str], None] = lambda line: None,
+    credentials: Iterable[str | Path] = (),
 ) -> BuiltImage:
-    """Build `dockerfile` with `root` as context, unless an image for that content exists."""
+    """Build `dockerfile` with `root` as context, unless an image for that content exists.
+    Credentials (those named, the environment's, any key file) stay out (`left_out`)."""
     import docker.errors
     from docker.utils.build import create_archive
 
-    files = context_files(root)
+    context_ = build_context(root, [*credentials, *default_credentials()])
+    files, left_out = context_.files, context_.left_out
     tag = image_tag(root, dockerfile, files)
     if not no_cache:
         try:
-            return BuiltImage(tag, client.images.get(tag).id, built=False)
+            return BuiltImage(tag, client.images.get(tag).id, built=False, left_out=left_out)
         except docker.errors.ImageNotFound:
             pass
+    # The engine reads the Dockerfile, then drops what this .dockerignore names from what
+    # COPY sees (the user's own .dockerignore was applied above, to choose `files`).
+    ignore = f"{DOCKERFILE_NAME}\n.dockerignore\n"
     context = create_archive(
-        str(root), files=[f for f in files if f != DOCKERFILE_NAME],
-        extra_files=[(DOCKERFILE_NAME, dockerfile)],
+        str(root), files=[f for f in files if f not in (DOCKERFILE_NAME, ".dockerignore")],
+        extra_files=[(DOCKERFILE_NAME, dockerfile), (".dockerignore", ignore)],
     )  # fmt: skip
     step_output: list[str] = []
     try:
@@ -126,7 +186,7 @@ def build_image(
                 raise ImageError(f"docker build failed: {chunk['error'].strip()}\n{detail}")
     finally:
         context.close()
-    return BuiltImage(tag, client.images.get(tag).id, built=True)
+    return BuiltImage(tag, client.images.get(tag).id, built=True, left_out=left_out)
 
 
 @dataclass(frozen=True)
