@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from caliban_flows.spec.secret_files import HEAD_BYTES, secret_kind
+
 DOCKERFILE_NAME = ".caliban.Dockerfile"  # added to the build context; never in the user's tree
 TAG_LENGTH = 16
 
@@ -44,8 +46,6 @@ def build_context(root: Path, credentials: Iterable[str | Path] = ()) -> Context
     the files `credentials` names, and any file that holds a key (spec.secret_files)."""
     from docker.utils.build import exclude_paths
 
-    from caliban_flows.spec.secret_files import HEAD_BYTES, secret_kind
-
     here = root.resolve()
     named = set()
     for path in credentials:
@@ -55,20 +55,31 @@ def build_context(root: Path, credentials: Iterable[str | Path] = ()) -> Context
             continue
     files, left_out = [], []
     found = exclude_paths(str(root), _ignore_patterns(root), dockerfile=DOCKERFILE_NAME)
+    base, frozen = str(root), frozenset(named)
     for rel in sorted(found):
-        path = root / rel
         kind = None
-        if rel != DOCKERFILE_NAME and stat.S_ISREG(path.lstat().st_mode):
-            try:
-                with open(path, "rb") as f:
-                    kind = secret_kind(rel, f.read(HEAD_BYTES), frozenset(named))
-            except OSError:
-                kind = None  # unreadable: Docker will say so itself
+        if rel != DOCKERFILE_NAME:
+            kind = _secret(os.path.join(base, rel), rel, frozen)
         if kind is None:
             files.append(rel)
         else:
             left_out.append((rel, kind))
     return Context(files, left_out)
+
+
+def _secret(path: str, rel: str, named: frozenset[str]) -> str | None:
+    """The credential kind of a regular file (its first bytes read), else None."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # unreadable: Docker will say so itself
+        return None
+    try:
+        head = os.read(fd, HEAD_BYTES)
+    finally:
+        os.close(fd)
+    return secret_kind(rel, head, named)
 
 
 def context_files(root: Path) -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import PurePosixPath
 
 HEAD_BYTES = 4096  # a service-account key is about 2.3 KB; a PEM header is in its first line
 ALWAYS_LEFT_OUT = {
@@ -34,14 +33,14 @@ def secret_kind(rel: str, head: bytes, named: frozenset[str] = frozenset()) -> s
     """
     if rel in named:
         return "the credentials file caliban was given"
-    name = PurePosixPath(rel).name
+    name = rel.rsplit("/", 1)[-1]
     if name in ALWAYS_LEFT_OUT:
         return ALWAYS_LEFT_OUT[name]
-    if head.lstrip().startswith(b"{") and b'"type"' in head:
+    if b'"type"' in head and head.lstrip().startswith(b"{"):
         kind = _credential_json(head)
         if kind is not None:
             return kind
-    return "a private key" if _PRIVATE_KEY.search(head) else None
+    return "a private key" if b"PRIVATE KEY-----" in head and _PRIVATE_KEY.search(head) else None
 
 
 def _credential_json(head: bytes) -> str | None:
