@@ -8,7 +8,8 @@ Files under the caliban home ($CALIBAN_HOME or ~/.caliban):
     prefect/           PREFECT_HOME of the local server and of caliban's Prefect clients
 
 A new home's prefect/ gets the already-migrated database shipped for the installed Prefect
-(see _seed_database). Only the standard library loads here.
+(see _seed_database). The home is its user's alone: 0700, and what is made in it 0600 (the
+database holds the key that encrypts block secrets). Only the standard library loads here.
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ def caliban_home() -> Path:
     return Path(os.environ.get("CALIBAN_HOME") or Path.home() / ".caliban").expanduser()
 
 
+PRIVATE_UMASK = 0o077  # the supervisor and the server make files only their user can read
+
+
+def _make_home(p: _Paths) -> None:
+    """The home, 0700: made so, and an older one made so too."""
+    p.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if p.home.stat().st_mode & 0o077:
+        p.home.chmod(0o700)
+
+
 def _paths() -> _Paths:
     return _Paths(caliban_home())
 
@@ -47,7 +58,7 @@ def _paths() -> _Paths:
 
 @contextlib.contextmanager
 def _locked(p: _Paths) -> Iterator[None]:
-    p.home.mkdir(parents=True, exist_ok=True)
+    _make_home(p)
     fd = os.open(p.lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -76,7 +87,7 @@ def _forget_state(p: _Paths, pid: int) -> None:
 
 
 def _touch(p: _Paths) -> None:
-    p.home.mkdir(parents=True, exist_ok=True)
+    _make_home(p)
     p.last_used.touch()
     os.utime(p.last_used)
 
@@ -112,10 +123,12 @@ def _seed_database(p: _Paths) -> bool:
         return False
     if not seed.is_file():
         return False
-    p.prefect_home.mkdir(parents=True, exist_ok=True)
+    p.prefect_home.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = database.with_name(database.name + ".seeding")
     with seed.open("rb") as raw, gzip.GzipFile(fileobj=raw) as gz:
-        partial.write_bytes(gz.read())
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(gz.read())
     partial.replace(database)
     _seed_marker(p).write_text(version("prefect"))
     return True

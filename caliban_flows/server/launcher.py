@@ -61,7 +61,8 @@ def _launch_or_find(p: _Paths) -> dict:
             p.log.replace(p.log.with_name(p.log.name + ".1"))
         argv = [sys.executable, "-m", ENTRY_MODULE, "supervise"]
         argv += ["--home", str(p.home), "--port", str(port), "--idle-minutes", str(idle)]
-        with open(p.log, "ab") as log:
+        fd = os.open(p.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as log:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from caliban_flows.lean_httpx import httpx
 from caliban_flows.server.health import HOST, _healthy, _loopback_client
-from caliban_flows.server.home import _forget_state, _mtime, _Paths
+from caliban_flows.server.home import PRIVATE_UMASK, _forget_state, _mtime, _Paths
 
 # What `python -m` runs for both the supervisor and the server; a live supervisor's
 # /proc/PID/cmdline contains it.
@@ -114,6 +114,7 @@ def _terminate(child: subprocess.Popen) -> None:
 
 
 def supervise(home: Path, port: int, idle_minutes: float) -> int:
+    os.umask(PRIVATE_UMASK)  # the database, its journal and the logs: this user's alone
     p = _Paths(home)
     url = f"http://{HOST}:{port}/api"
     idle_seconds = idle_minutes * 60.0
