@@ -203,21 +203,32 @@ def _external_url() -> str | None:
 
 
 def _profile_api_url() -> str | None:
-    """PREFECT_API_URL of the user's active Prefect profile (`prefect cloud login` sets it)."""
+    """PREFECT_API_URL of the user's active Prefect profile (`prefect cloud login` sets it).
+    Its PREFECT_API_KEY goes with it: put into this process's environment, unless one is
+    there already, so that every client here (Prefect's, caliban's REST one, the health
+    check) and every process started from here sends it."""
+    profile = _active_profile()
+    url = str(profile.get("PREFECT_API_URL") or "").strip().rstrip("/")
+    key = str(profile.get("PREFECT_API_KEY") or "").strip()
+    if url and key and not os.environ.get("PREFECT_API_KEY"):
+        os.environ["PREFECT_API_KEY"] = key
+    return url or None
+
+
+def _active_profile() -> dict:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        return None
+        return {}
     prefect_home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
     path = Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home / "profiles.toml")
     try:
         data = tomllib.loads(path.expanduser().read_text())
     except (OSError, ValueError):
-        return None
+        return {}
     name = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
     profile = data.get("profiles", {}).get(name) or {}
-    url = str(profile.get("PREFECT_API_URL") or "").strip().rstrip("/")
-    return url or None
+    return profile if isinstance(profile, dict) else {}
 
 
 @contextlib.contextmanager

@@ -20,16 +20,14 @@ def _loopback_client() -> httpx.Client:
 
 def _healthy(url: str, client: httpx.Client | None = None) -> bool:
     local = url.startswith(f"http://{HOST}:")
-    headers = {}
-    key = os.environ.get("PREFECT_API_KEY")
-    if key and not local:
-        headers["Authorization"] = f"Bearer {key}"
+    key = os.environ.get("PREFECT_API_KEY")  # a server without auth ignores it
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         if client is not None:
             response = client.get(f"{url}/health", timeout=2.0, headers=headers)
         elif local:
             with _loopback_client() as own:
-                response = own.get(f"{url}/health", timeout=2.0)
+                response = own.get(f"{url}/health", timeout=2.0, headers=headers)
         else:
             response = httpx.get(f"{url}/health", timeout=EXTERNAL_HEALTH_TIMEOUT, headers=headers)
     except httpx.HTTPError:
