@@ -36,20 +36,37 @@ def _is_flag(arg: str | None) -> bool:
     return arg is not None and arg.startswith("-")
 
 
+# A flag whose name holds one of these words carries a secret: its value never becomes a label.
+SECRET_WORDS = frozenset({"token", "key", "apikey", "password", "passwd", "secret", "credential",
+                          "credentials"})  # fmt: skip
+REDACTED = "redacted"
+
+
+def names_a_secret(flag: str) -> bool:
+    """`--api_key`, `--hf-token`, `--db_password` ...: words split on '-', '_' and '.'."""
+    return not SECRET_WORDS.isdisjoint(re.split(r"[-_.]+", flag.lstrip("-").lower()))
+
+
 def script_args_to_labels(args: Sequence[str]) -> dict[str, str]:
     """Labels from a job's argv: `--lr 0.01` gives lr=0_01, a bare `--flag` gives flag="".
 
     Like Caliban, every argument starting with '-' is a key and the argument after it is its
     value unless that one starts with '-' too (so `--sleep -1` gives sleep="" and k1="").
+    Unlike Caliban, a flag that names a secret (`--api_key X`, `--token=X`) gives `redacted`.
     """
     labels: dict[str, str] = {}
     for i, arg in enumerate(args):
         if not _is_flag(arg):
             continue
+        name, eq, _ = arg.partition("=")
+        if eq and names_a_secret(name):  # `--api_key=VALUE`: Caliban would key it on both
+            labels[key_label(name)] = REDACTED
+            continue
         key = key_label(arg)
         if key:
             nxt = args[i + 1] if i + 1 < len(args) else None
-            labels[key] = "" if nxt is None or _is_flag(nxt) else value_label(nxt)
+            value = "" if nxt is None or _is_flag(nxt) else value_label(nxt)
+            labels[key] = REDACTED if value and names_a_secret(arg) else value
     return labels
 
 

@@ -93,3 +93,19 @@ def test_a_key_longer_than_the_head_is_still_found():
     text = json.dumps({"type": big.pop("type"), **big}).encode()
     assert len(text) > HEAD_BYTES
     assert secret_kind("big.json", text[:HEAD_BYTES]) == "a service-account key"
+
+
+@pytest.mark.parametrize(
+    ("args", "labels"),
+    [
+        (["--api_key", "sk-123", "--lr", "0.1"], {"api_key": "redacted", "lr": "0_1"}),
+        (["--hf-token=abc", "--epochs", "3"], {"hf-token": "redacted", "epochs": "3"}),
+        (["--db_password", "pw", "--flag"], {"db_password": "redacted", "flag": ""}),
+        (["--keyboard", "qwerty"], {"keyboard": "qwerty"}),  # a word, not a part of one
+        (["--secret"], {"secret": ""}),  # nothing to hide
+    ],
+)
+def test_a_flag_that_names_a_secret_labels_no_value(args, labels):
+    from caliban_flows.spec.labels import script_args_to_labels
+
+    assert script_args_to_labels(args) == labels
