@@ -7,6 +7,7 @@ earlier attempts), the GKE cluster's GPU limits, the image's name.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 from caliban_flows.plan import project as sub
@@ -28,7 +29,12 @@ def local(options: LocalOptions, *, xgroup: str, probe: bool) -> Placed:
 
     gpu = sub.gpu_mode(options.nogpu, None, None)
     sub.check_local_gpu("run", gpu)
-    run_args = sub.docker_run_args(options.docker_run_args) + credential_args(options.cloud_key)
+    from caliban_flows.spec.docker_run_args import env_values_out
+
+    # `-e NAME=VALUE`: recorded as `-e NAME`; this process holds the value for its own run.
+    words, values = env_values_out(sub.docker_run_args(options.docker_run_args))
+    os.environ.update(values)
+    run_args = words + credential_args(options.cloud_key)
     attempts: dict[str, int] = {}
     if probe:  # the engine decides: no NVIDIA runtime means CPU mode; reruns count up
         from caliban_flows.platforms.local.adapter import docker_client, engine_gpu, local_attempts

@@ -111,3 +111,37 @@ def parse_run_words(words: Sequence[str]) -> RunOptions:
         user=ns.user,
         runtime=ns.runtime,
     )
+
+
+def env_values_out(words: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """The words with every `-e NAME=VALUE` (`--env`, `-eNAME=VALUE`, `--env=...`) turned into
+    `-e NAME`, which Docker fills from the caller's environment, and the values taken out.
+
+    What a group records never holds such a value; the process that runs the job puts the
+    values into its own environment, and a later rerun takes them from the environment then.
+    """
+    out: list[str] = []
+    values: dict[str, str] = {}
+    pending = False  # the previous word was a bare -e/--env: this one is its NAME=VALUE
+    for word in words:
+        item = None
+        if pending:
+            item, pending = word, False
+        elif word in ("-e", "--env"):
+            pending = True
+            out.append(word)
+            continue
+        elif word.startswith("--env="):
+            out.append("--env")
+            item = word[len("--env=") :]
+        elif word.startswith("-e") and len(word) > 2 and not word.startswith("--"):
+            out.append("-e")
+            item = word[2:]
+        if item is None:
+            out.append(word)
+            continue
+        name, sep, value = item.partition("=")
+        if sep:
+            values[name] = value
+        out.append(name)
+    return out, values

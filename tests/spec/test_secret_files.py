@@ -109,3 +109,19 @@ def test_a_flag_that_names_a_secret_labels_no_value(args, labels):
     from caliban_flows.spec.labels import script_args_to_labels
 
     assert script_args_to_labels(args) == labels
+
+
+@pytest.mark.parametrize(
+    ("words", "kept", "values"),
+    [
+        (["-e", "TOKEN=abc", "-v", "/a:/b"], ["-e", "TOKEN", "-v", "/a:/b"], {"TOKEN": "abc"}),
+        (["--env=K=v=w", "-eX=1"], ["--env", "K", "-e", "X"], {"K": "v=w", "X": "1"}),
+        (["-e", "HOME"], ["-e", "HOME"], {}),  # already taken from the environment
+        (["--shm-size", "1g"], ["--shm-size", "1g"], {}),
+    ],
+)
+def test_env_values_stay_out_of_the_recorded_run_args(words, kept, values):
+    from caliban_flows.spec.docker_run_args import env_values_out, parse_run_words
+
+    assert env_values_out(words) == (kept, values)
+    parse_run_words(kept)  # still words docker accepts
