@@ -55,6 +55,12 @@ def docker_argv(
         argv += ["-v", f"{home}:{home}", "-e", f"HOME={home}"]
     for port in ports:
         argv += ["-p", f"{port}:{port}"]
+    from caliban_flows.spec.docker_run_args import env_values_out
+
+    # `-e NAME=VALUE` goes as `-e NAME`, the value in the environment docker inherits: it is
+    # then neither printed nor in the process list.
+    run_args, values = env_values_out(run_args)
+    os.environ.update(values)
     argv += [*credentials, *run_args, "--entrypoint", entrypoint[0], image, *entrypoint[1:]]
     return argv
 
