@@ -238,11 +238,23 @@ def dump_dom_until(
     wait_ms: int = DEFAULT_WAIT_MS,
     within: str | None = None,
     screenshot: str | Path | None = None,
+    local_storage: dict[str, str] | None = None,
 ) -> str:
     """dump_dom() again (with twice the budget each time) until every string of `expect` is
     in the page's visible text, or `timeout` seconds passed; returns the last DOM either
-    way, so that the caller's assertion can show what did render."""
+    way, so that the caller's assertion can show what did render. With `local_storage`
+    (e.g. devtools.cdp.prefect_login: a UI that asks for a password), one Chromium driven
+    over the DevTools protocol sets it first, then watches the page."""
     expect = list(expect)
+    if local_storage is not None:
+        from devtools import cdp
+
+        with cdp.Session() as page:
+            page.open(url, local_storage)
+            dom = page.dom_when(expect, timeout=timeout, within=within)
+            if screenshot is not None:
+                page.screenshot(_prepare(screenshot))
+            return dom
     deadline = time.monotonic() + timeout
     budget = wait_ms
     while True:

@@ -236,12 +236,16 @@ def _hints(url: str, pools: list[str]) -> None:
     from caliban_flows.server import backend
 
     say = ", ".join(pools)
+    local = backend.status()["mode"] == "local"
+    # The local server requires its secret; the hint names the file, never prints it.
+    secret = backend.caliban_home() / "api-auth"
+    auth = f'PREFECT_API_AUTH_STRING="$(cat {secret})" ' if local else ""
     print(
         f"runs start once a worker polls {say}: "
-        f"PREFECT_API_URL={url} prefect worker start --pool {pools[0]}",
+        f"PREFECT_API_URL={url} {auth}prefect worker start --pool {pools[0]}",
         file=sys.stderr,
     )
-    if backend.status()["mode"] != "local":
+    if not local:
         return
     idle = _server_idle_minutes(backend.caliban_home())
     if idle > 0:

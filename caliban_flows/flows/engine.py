@@ -183,6 +183,10 @@ def prepare_image(plan: GroupPlan, *, early=None) -> GroupPlan:
     if early:
         early()
     with project.inside(build["root"]):
-        built = build_here(build["dockerfile"], no_cache=bool(build.get("no_cache")))
+        built = build_here(
+            build["dockerfile"],
+            no_cache=bool(build.get("no_cache")),
+            credentials=tuple(build.get("credentials") or ()),
+        )
         image = built.tag if target is None else push_here(built.tag, target)
     return plan.with_image(image)

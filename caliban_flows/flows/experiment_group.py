@@ -115,7 +115,8 @@ def experiment_group(
     for index, recipe in enumerate(recipes):  # remote platforms get a pushed image
         build = recipe.get("build")
         if index in used and build is not None and not remote and build.get("dockerfile"):
-            built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False))
+            built = build_image(build["root"], build["dockerfile"], build.get("no_cache", False),
+                                build.get("credentials"))  # fmt: skip
             recipe["image"] = built["tag"]
     # quote(): Prefect need not walk a thousand jobs looking for futures to resolve.
     requests = expand_sweep(xgroup, recipes, placement or {}, quote(jobs))

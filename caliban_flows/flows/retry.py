@@ -69,7 +69,11 @@ def fresh_recipe(platform: str, placement: dict | None, recipe: dict) -> dict:
     with project.inside(build["root"]):
         build = {**build, "dockerfile": _dockerfile(build)}
         target = images.push_target_for(platform, placement, build)  # None: local Docker
-        built = images.build_here(build["dockerfile"], no_cache=bool(build.get("no_cache")))
+        built = images.build_here(
+            build["dockerfile"],
+            no_cache=bool(build.get("no_cache")),
+            credentials=tuple(build.get("credentials") or ()),
+        )
         image = built.tag if target is None else images.push_here(built.tag, target)
     return {**recipe, "image": image, "build": build}
 

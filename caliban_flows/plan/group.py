@@ -142,6 +142,8 @@ def plan_group(
                 "no_cache": options.no_cache,
                 "registry": placed.registry,
                 "registry_block": getattr(options, "registry_block", None),
+                # The key file --cloud_key names: never sent to Docker (platforms.images).
+                "credentials": _named_key(getattr(options, "cloud_key", None)),
             }
     made = recipe(command=entrypoint.command(), image=request.image, build=build,
                   job_name=job_name, labels=dict(labels), gpu=gpu, tpu=tpu)  # fmt: skip
@@ -192,3 +194,7 @@ def _entrypoint(module: str, root: str | None) -> Entrypoint:
         return True
 
     return resolve_entrypoint(module, is_file=assumed, cwd="<image>")
+
+
+def _named_key(cloud_key: str | None) -> list[str]:
+    return [str(Path(cloud_key).expanduser().resolve())] if cloud_key else []

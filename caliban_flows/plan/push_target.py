@@ -18,7 +18,7 @@ HINT = "pass --registry or --registry_block, set $CALIBAN_REGISTRY, or add 'regi
 @dataclass(frozen=True)
 class PushTarget:
     registry: str  # HOST[/PATH]
-    auth: dict | None = field(default=None, repr=False)  # never printed
+    auth: dict | None = field(default=None, repr=False)  # password a SecretStr; never printed
 
 
 def push_target(registry: str | None, registry_block: str | None) -> PushTarget | None:
@@ -61,5 +61,5 @@ def from_block(name: str) -> PushTarget:
         ) from None
     except Exception as e:  # the server answered something else: not the user's input
         raise CalibanError(f"cannot load registry block {name!r}: {e}") from None
-    auth = {"username": block.username, "password": block.password.get_secret_value()}
-    return PushTarget(block.registry_url, auth)
+    # Still a SecretStr: platforms.images.push_image unwraps it for the engine.
+    return PushTarget(block.registry_url, {"username": block.username, "password": block.password})

@@ -206,6 +206,14 @@ class PushedImage:
     pushed: bool  # False when the registry already had it
 
 
+def _engine_auth(auth: dict | None) -> dict | None:
+    if auth is None:
+        return None
+    password = auth["password"]
+    unwrap = getattr(password, "get_secret_value", None)
+    return {"username": auth["username"], "password": unwrap() if unwrap else password}
+
+
 def push_image(
     client,
     tag: str,
@@ -216,10 +224,12 @@ def push_image(
 ) -> PushedImage:
     """Push `tag` to `registry` under the same name, unless the registry already has it.
 
-    `auth` ({"username", "password"}) goes to the engine with each call and nowhere else.
+    `auth` ({"username", "password"}; the password may be a pydantic SecretStr) is unwrapped
+    here and goes to the engine with each call and nowhere else.
     """
     import docker.errors
 
+    auth = _engine_auth(auth)
     repository, _, version = tag.rpartition(":")
     reference = f"{registry.rstrip('/')}/{repository}:{version}"
     try:

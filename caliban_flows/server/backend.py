@@ -44,6 +44,7 @@ from caliban_flows.server.home import (
     _paths,
     _read_state,
     _touch,
+    api_auth,
     caliban_home,
 )
 from caliban_flows.server.home import _seed_database as _seed_database
@@ -103,6 +104,7 @@ def point_prefect_at(url: str) -> str:
     if _external_url() is None:
         os.environ["PREFECT_HOME"] = str(_paths().prefect_home)
         os.environ[LOCAL_URL_ENV] = url
+        _send_local_auth(_paths())
         _bypass_proxy_for_loopback()
     os.environ["PREFECT_API_URL"] = url
     return url
@@ -121,6 +123,7 @@ def start_in_background() -> str:
     p = _paths()
     with _home_errors(p):
         _touch(p)
+        _send_local_auth(p)
         return _launch_or_find(p)["url"]
 
 
@@ -132,6 +135,7 @@ def wait_ready(timeout: float | None = None) -> str:
     p = _paths()
     with _home_errors(p):
         _touch(p)
+        _send_local_auth(p)
     limit = _float_env("CALIBAN_SERVER_START_TIMEOUT", DEFAULT_START_TIMEOUT)
     limit = limit if timeout is None else timeout
     deadline = time.monotonic() + limit
@@ -202,16 +206,24 @@ def _external_url() -> str | None:
     return _profile_api_url()
 
 
+def _send_local_auth(p: _Paths) -> None:
+    """The local server's secret, for every client here and every process started from here
+    (this process talks to its own home's server: another home's secret must not stay)."""
+    os.environ["PREFECT_API_AUTH_STRING"] = api_auth(p)
+
+
 def _profile_api_url() -> str | None:
     """PREFECT_API_URL of the user's active Prefect profile (`prefect cloud login` sets it).
-    Its PREFECT_API_KEY goes with it: put into this process's environment, unless one is
-    there already, so that every client here (Prefect's, caliban's REST one, the health
-    check) and every process started from here sends it."""
+    Its PREFECT_API_KEY (or a self-hosted server's PREFECT_API_AUTH_STRING) goes with it:
+    put into this process's environment, unless one is there already, so that every client
+    here (Prefect's, caliban's REST one, the health check) and every process started from
+    here sends it."""
     profile = _active_profile()
     url = str(profile.get("PREFECT_API_URL") or "").strip().rstrip("/")
-    key = str(profile.get("PREFECT_API_KEY") or "").strip()
-    if url and key and not os.environ.get("PREFECT_API_KEY"):
-        os.environ["PREFECT_API_KEY"] = key
+    for name in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"):
+        value = str(profile.get(name) or "").strip()
+        if url and value and not os.environ.get(name):
+            os.environ[name] = value
     return url or None
 
 

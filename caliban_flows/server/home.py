@@ -5,6 +5,7 @@ Files under the caliban home ($CALIBAN_HOME or ~/.caliban):
     server.lock        flock: one command at a time decides whether to start a server
     server.last-used   its mtime is the last time a caliban command used the server
     server.log         the supervisor's and the server's output (previous one: server.log.1)
+    api-auth           the server's API secret (Prefect's auth string), 0600: the UI asks for it
     prefect/           PREFECT_HOME of the local server and of caliban's Prefect clients
 
 A new home's prefect/ gets the already-migrated database shipped for the installed Prefect
@@ -32,6 +33,7 @@ class _Paths:
         self.last_used = home / "server.last-used"
         self.log = home / "server.log"
         self.prefect_home = home / "prefect"
+        self.auth = home / "api-auth"
 
 
 def caliban_home() -> Path:
@@ -46,6 +48,29 @@ def _make_home(p: _Paths) -> None:
     p.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     if p.home.stat().st_mode & 0o077:
         p.home.chmod(0o700)
+
+
+def api_auth(p: _Paths) -> str:
+    """The local server's API secret, made once per home (`caliban:<random>`, 0600): the server
+    requires it of every request but the health probe, and caliban's clients send it."""
+    try:
+        return p.auth.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        pass
+    import secrets
+
+    _make_home(p)
+    tmp = p.auth.with_name(f"{p.auth.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(f"caliban:{secrets.token_urlsafe(32)}\n")
+    try:
+        os.link(tmp, p.auth)  # whole or not at all; of two at once, the first one's stays
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return p.auth.read_text(encoding="ascii").strip()
 
 
 def _paths() -> _Paths:

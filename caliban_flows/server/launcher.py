@@ -28,6 +28,7 @@ from caliban_flows.server.home import (
     _read_state,
     _seed_database,
     _seeded_for_this_prefect,
+    api_auth,
 )
 from caliban_flows.server.supervisor import ENTRY_MODULE, SUPERVISOR_TAG
 
@@ -96,6 +97,8 @@ def _server_env(p: _Paths) -> dict[str, str]:
         env.pop(key, None)
     env.pop(LOCAL_URL_ENV, None)
     env["PREFECT_HOME"] = str(p.prefect_home)
+    # The server requires it; its runner (and the flow runs the runner starts) send it.
+    env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = api_auth(p)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     if _seeded_for_this_prefect(p) and not os.environ.get(DATABASE_URL_ENV):
         # Already migrated, block types already registered: checking both again costs ~1 s

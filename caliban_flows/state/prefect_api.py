@@ -14,6 +14,7 @@ import os
 import sys
 
 from caliban_flows.lean_httpx import httpx
+from caliban_flows.server.health import auth_headers
 
 # Answers that mean the request was not carried out: retried for every request.
 REFUSED = (429, 503)
@@ -128,12 +129,11 @@ def set_state(http: httpx.Client, flow_run_id: str, state: dict) -> None:
 def client(url: str | None = None, *, timeout: float = 30.0) -> httpx.Client:
     """An httpx client on the Prefect API at `url` (default: PREFECT_API_URL)."""
     url = url or _api_url()
-    key = _api_key()
     local = url.startswith(("http://127.0.0.1", "http://localhost"))
     return httpx.Client(
         base_url=url,
         timeout=timeout,
-        headers={"Authorization": f"Bearer {key}"} if key else {},
+        headers=auth_headers(_api_key()),
         transport=_RetryingTransport(verify=not local),  # plain http: no CA bundle to load
         trust_env=not local,  # no proxy for loopback
     )

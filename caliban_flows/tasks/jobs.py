@@ -45,7 +45,10 @@ def _local():
 
 
 @task(name="build-image", retries=2, retry_delay_seconds=1, retry_condition_fn=_transient)
-def build_image(root: str, dockerfile: str, no_cache: bool = False) -> dict:
+def build_image(
+    root: str, dockerfile: str, no_cache: bool = False, credentials: list[str] | None = None
+) -> dict:
+    """Build a recipe's image (`credentials`: key files never sent to Docker)."""
     from prefect import get_run_logger
 
     from caliban_flows.platforms.images import build_image as build
@@ -53,7 +56,8 @@ def build_image(root: str, dockerfile: str, no_cache: bool = False) -> dict:
     from caliban_flows.tasks.progress import BuildProgress
 
     with BuildProgress() as progress:
-        built = build(_engine(), Path(root), dockerfile, no_cache=no_cache, on_log=progress)
+        built = build(_engine(), Path(root), dockerfile, no_cache=no_cache, on_log=progress,
+                      credentials=credentials or ())  # fmt: skip
     warning = left_out_warning(built.left_out)
     if warning:
         get_run_logger().warning(warning)

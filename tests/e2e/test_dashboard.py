@@ -20,8 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devtools import browser
+from devtools import browser, cdp
 from tests.conftest import BIN, wait_for
+from tests.prefect_http import auth_headers, auth_string
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = REPO / "test-output"
@@ -75,14 +76,14 @@ def state_after(lines: list[str], name: str) -> str | None:
 class Pages:
     """Renders pages and records how long each took."""
 
-    def __init__(self) -> None:
+    def __init__(self, login: dict[str, str]) -> None:
         self.timings: list[tuple[str, float]] = []
+        self.login = login  # the UI asks for the home's secret: logged in as its login form does
 
     def render(self, label: str, url: str, expect: list[str], screenshot: Path | None = None):
         start = time.monotonic()
-        dom = browser.dump_dom_until(
-            url, expect, within="main", screenshot=screenshot, timeout=RENDER_TIMEOUT
-        )
+        dom = browser.dump_dom_until(url, expect, within="main", screenshot=screenshot,
+                                     timeout=RENDER_TIMEOUT, local_storage=self.login)  # fmt: skip
         self.timings.append((label, time.monotonic() - start))
         return dom, browser.visible_text(dom, within="main")
 
@@ -119,7 +120,7 @@ def test_the_prefect_ui_shows_the_group_its_jobs_and_artifacts(chromium, caliban
     api = where.stdout.strip().rstrip("/")
     ui = api.removesuffix("/api")
 
-    with httpx.Client(trust_env=False, timeout=30) as http:
+    with httpx.Client(trust_env=False, timeout=30, headers=auth_headers(caliban_home)) as http:
         # The UI learns where the API is from /ui-settings; anything else and every page
         # shows "Can't connect to Server API".
         settings = http.get(f"{ui}/ui-settings").json()
@@ -150,7 +151,7 @@ def test_the_prefect_ui_shows_the_group_its_jobs_and_artifacts(chromium, caliban
     OUTPUT.mkdir(exist_ok=True)
     flow_run_png = OUTPUT / "dashboard-flow-run.png"
     table_png = OUTPUT / "dashboard-jobs-table.png"
-    pages = Pages()
+    pages = Pages(cdp.prefect_login(auth_string(caliban_home) or ""))
     names = [j["name"] for j in jobs]
 
     # The UI's address opens the (v2) UI's dashboard, talking to this server's API. (Its
@@ -164,14 +165,15 @@ def test_the_prefect_ui_shows_the_group_its_jobs_and_artifacts(chromium, caliban
 
     # Runs, filtered by the group's tag: the one flow run, named after the xgroup, Failed.
     url = f"{ui}/v2/runs?tags=xgroup:{xgroup}"
-    dom, text = pages.render("runs of the xgroup tag", url, [xgroup])
+    dom, text = pages.render("runs of the xgroup tag", url, [xgroup, "1 Flow run", "Failed"])
     lines = text.splitlines()
     assert "1 Flow run" in lines, shown("exactly one flow run", url, dom)
     assert state_after(lines, xgroup) == "Failed", shown(f"run {xgroup} shown as Failed", url, dom)
 
     # The run -> Task Runs: one task run per job, named after the job, with its state.
     url = f"{ui}/v2/runs/flow-run/{flow_run_id}?tab=TaskRuns"
-    dom, text = pages.render("flow run, Task Runs tab", url, [xgroup, *names], flow_run_png)
+    shows = [xgroup, f"xgroup:{xgroup}", "Task Runs", *names, *{UI_STATE[j["state"]] for j in jobs}]
+    dom, text = pages.render("flow run, Task Runs tab", url, shows, flow_run_png)
     lines = text.splitlines()
     assert xgroup in lines and f"xgroup:{xgroup}" in text, shown("the run's name and tag", url, dom)
     assert "Task Runs" in lines, shown("the Task Runs tab", url, dom)
@@ -184,21 +186,23 @@ def test_the_prefect_ui_shows_the_group_its_jobs_and_artifacts(chromium, caliban
     # The failed job's task run: its state and the message with the exit code and args.
     url = f"{ui}/v2/runs/task-run/{task_runs[failed['name']]['id']}"
     message = f"exit code 3; args: {' '.join(failed['args'])}"
-    dom, text = pages.render("failed job's task run", url, [failed["name"], message])
+    dom, text = pages.render("failed job's task run", url, [failed["name"], message, "Failed"])
     assert f"{failed['name']}Failed" in text.replace("\n", ""), shown("Failed badge", url, dom)
     assert message in text, shown(f"the state message {message!r}", url, dom)
 
     # The run's Artifacts tab lists the jobs table and the summary.
     url = f"{ui}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts"
     keys = [table["key"], summary["key"]]
-    dom, text = pages.render("flow run, Artifacts tab", url, keys)
+    shows = [*keys, "TABLE", "MARKDOWN", f"jobs of xgroup {xgroup}"]
+    dom, text = pages.render("flow run, Artifacts tab", url, shows)
     for key, kind in ((table["key"], "TABLE"), (summary["key"], "MARKDOWN")):
         assert key in text and kind in text, shown(f"artifact card {key} ({kind})", url, dom)
     assert f"jobs of xgroup {xgroup}" in text, shown("the table's description", url, dom)
 
     # The jobs table, rendered as a table: one row per job with its state and exit code.
     url = f"{ui}/v2/artifacts/artifact/{table['id']}"
-    dom, text = pages.render("jobs table artifact", url, [*names, "FAILED"], table_png)
+    shows = [*names, "FAILED", "exit_code"]
+    dom, text = pages.render("jobs table artifact", url, shows, table_png)
     rows = browser.table_rows(dom, within="main")
     assert rows and rows[0][:4] == ["name", "state", "attempt", "exit_code"], shown(
         "the table's header row", url, dom
@@ -209,7 +213,8 @@ def test_the_prefect_ui_shows_the_group_its_jobs_and_artifacts(chromium, caliban
 
     # The summary, rendered from markdown: its heading and the counts.
     url = f"{ui}/v2/artifacts/artifact/{summary['id']}"
-    dom, text = pages.render("summary artifact", url, [f"xgroup {xgroup}"])
+    shows = [f"xgroup {xgroup}", "1 failed · 2 succeeded"]
+    dom, text = pages.render("summary artifact", url, shows)
     assert f"xgroup {xgroup}" in browser.element_texts(dom, "h1"), shown("the h1", url, dom)
     assert "1 failed · 2 succeeded" in text, shown("the rendered counts", url, dom)
 

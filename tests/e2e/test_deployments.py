@@ -25,6 +25,7 @@ import pytest
 from devtools.k8s_emulator import K8sEmulator
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, wait_for
+from tests.prefect_http import auth_env, auth_headers
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = """\
@@ -163,7 +164,7 @@ class Stack:
 
     def __init__(self, url: str, log: Path, env: dict, project: Path):
         self.url, self.log, self.env, self.project = url, log, env, project
-        self.api = Api(base_url=url, timeout=30, trust_env=False)
+        self.api = Api(base_url=url, timeout=30, trust_env=False, headers=auth_headers(env))
 
     def deployment(self, name: str, flow: str = "caliban-sweep") -> dict:
         response = self.api.get(f"/deployments/name/{flow}/{name}")
@@ -241,6 +242,7 @@ def stack(env, project, tmp_path_factory):
     worker_env = {
         **env,
         "PREFECT_API_URL": url,
+        **auth_env(env),  # the worker (and the flow runs it starts) must send the secret
         "PREFECT_HOME": str(tmp_path_factory.mktemp("worker-prefect")),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
     }

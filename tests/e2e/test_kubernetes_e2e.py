@@ -25,6 +25,7 @@ import yaml
 from devtools.k8s_emulator import K8sEmulator
 from tests.conftest import BIN, caliban_runner, wait_for
 from tests.e2e.test_vertex_e2e import api_url, flow_run_state, status
+from tests.prefect_http import auth_headers
 
 TRAIN = """\
 import sys, time
@@ -220,7 +221,8 @@ def test_cancelling_the_flow_run_in_prefect_deletes_the_jobs(simulated, project)
     xgroup, _ = submit_held(simulated, project, 2, "ku")
     run_id = status(cli, xgroup)[0]["flow_run_id"]
     body = {"state": {"type": "CANCELLING", "message": "cancelled in the UI"}, "force": True}
-    httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=10)
+    httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=10,
+               headers=auth_headers(cli))  # fmt: skip
     status(cli, xgroup)  # the next reconcile (caliban serve does the same on its own)
     wait_for(lambda: group_jobs(emulator, xgroup) == [])
     assert {r["state"] for r in status(cli, xgroup)} == {"STOPPED"}
@@ -314,7 +316,8 @@ def test_a_kubeconfig_kept_in_a_prefect_block_is_used_and_never_shown(simulated,
     assert job["metadata"]["namespace"] == "from-block" and job["spec"]["backoffLimit"] == 2
     rows = status(caliban_runner(project, env), xgroup)
     assert rows[0]["remote_id"].startswith("from-block/")
-    run = httpx.get(f"{api_url(cli)}/flow_runs/{rows[0]['flow_run_id']}", timeout=10).json()
+    run = httpx.get(f"{api_url(cli)}/flow_runs/{rows[0]['flow_run_id']}", timeout=10,
+                    headers=auth_headers(cli)).json()  # fmt: skip
     assert token not in json.dumps(run)  # the group's record names the block, not its secret
 
 

@@ -291,6 +291,17 @@ def test_push_with_a_prefect_registry_block_never_shows_its_password(cli, projec
     assert password not in done.stdout + done.stderr
     repository, tag = done.stdout.strip().removeprefix("127.0.0.1:5000/").rsplit(":", 1)
     assert registry_tags(repository) == [tag]
+    # Loaded, the password is still a SecretStr: only the push unwraps it, for the engine.
+    load = (
+        "from caliban_flows.server import backend; backend.use_backend()\n"
+        "from caliban_flows.plan.push_target import from_block\n"
+        f"t = from_block({space!r}); p = t.auth['password']\n"
+        "print(type(p).__name__, repr(t), repr(t.auth), str(p))\n"
+    )
+    loaded = subprocess.run([str(BIN / "python"), "-c", load], env=cli.env, cwd=project,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.startswith("SecretStr ") and password not in loaded.stdout
 
     missing = cli("build", "--nogpu", "--push", "--registry_block", "no-such-block",
                   "trainer.train")  # fmt: skip

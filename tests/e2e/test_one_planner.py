@@ -25,6 +25,7 @@ from caliban_flows.plan.options import BY_PLATFORM
 from devtools.k8s_emulator import K8sEmulator
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, caliban_runner
+from tests.prefect_http import use_auth
 
 IMAGE = "127.0.0.1:5000/caliban-tests/prebuilt:1"  # never pulled in simulate mode
 SPACE = f"parity{uuid.uuid4().hex[:6]}"
@@ -250,7 +251,7 @@ def _submit_all(cli, project: Path, kubeconfig: Path) -> dict:
     for case, result in results.items():
         result["cli"] = (done[case].returncode, done[case].stderr[-2000:])
         result["sweep_state"] = states[result["sweep"]]
-    results["api"] = _api_url(cli)
+    results["api"], results["home"] = _api_url(cli), cli.env["CALIBAN_HOME"]
     return results
 
 
@@ -283,12 +284,13 @@ def test_every_option_has_a_case():
 
 @pytest.mark.parametrize(("platform", "case"), [(p, c) for p, c, _ in CASES],
                          ids=[f"{p}-{c}" for p, c, _ in CASES])  # fmt: skip
-def test_the_cli_and_a_deployment_record_the_same_jobs(world, platform, case):
+def test_the_cli_and_a_deployment_record_the_same_jobs(world, platform, case, monkeypatch):
     result = world[f"{platform}/{case}"]
     code, stderr = result["cli"]
     assert code == 0, stderr
     state, message = result["sweep_state"]
     assert state == "COMPLETED", message
+    use_auth(monkeypatch, world["home"])  # prefect_api.client: the server is another process's
     by_cli = _record(world["api"], result["cli_group"])
     by_sweep = _record(world["api"], result["sweep"])
     assert by_cli == by_sweep

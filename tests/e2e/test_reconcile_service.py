@@ -15,6 +15,7 @@ from caliban_flows.state.limits import limit_name
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, wait_for
 from tests.e2e.test_vertex_e2e import IMAGE, api_url, make_cli, status
+from tests.prefect_http import auth_headers
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +48,10 @@ def served(caliban_home, tmp_path):
                 service.wait()
 
 
-def artifacts(api: str, run_id: str) -> dict[str, dict]:
+def artifacts(api: str, run_id: str, auth: dict[str, str]) -> dict[str, dict]:
     """The newest artifact of each type on the run (a reconcile adds a new version)."""
     body = {"artifacts": {"flow_run_id": {"any_": [run_id]}}, "sort": "CREATED_DESC"}
-    found = httpx.post(f"{api}/artifacts/filter", json=body, timeout=10).json()
+    found = httpx.post(f"{api}/artifacts/filter", json=body, timeout=10, headers=auth).json()
     newest: dict[str, dict] = {}
     for artifact in found:
         newest.setdefault(artifact["type"], artifact)
@@ -67,20 +68,20 @@ def test_the_service_settles_ended_jobs_and_carries_ui_cancels(served, tmp_path)
         assert done.returncode == 0, done.stderr
     rows = status(cli, ended)
     run_id = rows[0]["flow_run_id"]
-    api = api_url(cli)
+    api, auth = api_url(cli), auth_headers(cli)
 
     # The run carries its job table and summary, kept current by the service.
-    table = wait_for(lambda: artifacts(api, run_id).get("table"))
+    table = wait_for(lambda: artifacts(api, run_id, auth).get("table"))
     assert sorted(r["name"] for r in json.loads(table["data"])) == sorted(r["name"] for r in rows)
-    summary = artifacts(api, run_id)["markdown"]["data"]
+    summary = artifacts(api, run_id, auth)["markdown"]["data"]
     assert f"# xgroup `{ended}`" in summary and "console.cloud.google.com" in summary
 
     for row in rows:  # the jobs end; nobody of ours is looking
         emulator.finish(row["remote_id"], "JOB_STATE_SUCCEEDED")
     run_state = f"{api}/flow_runs/{run_id}"
-    wait_for(lambda: httpx.get(run_state, timeout=10).json()["state"]["type"] == "COMPLETED",
-             timeout=60)  # fmt: skip
-    final = wait_for(lambda: (t := artifacts(api, run_id)["table"]) and all(
+    wait_for(lambda: httpx.get(run_state, timeout=10, headers=auth).json()["state"]["type"]
+             == "COMPLETED", timeout=60)  # fmt: skip
+    final = wait_for(lambda: (t := artifacts(api, run_id, auth)["table"]) and all(
         r["state"] == "SUCCEEDED" for r in json.loads(t["data"])))  # fmt: skip
     assert final
 
@@ -88,13 +89,14 @@ def test_the_service_settles_ended_jobs_and_carries_ui_cancels(served, tmp_path)
     before = status(cli, cancelled)
     names = {r["remote_id"] for r in before}
     body = {"state": {"type": "CANCELLING"}, "force": True}
-    httpx.post(f"{api}/flow_runs/{before[0]['flow_run_id']}/set_state", json=body, timeout=10)
+    httpx.post(f"{api}/flow_runs/{before[0]['flow_run_id']}/set_state", json=body, timeout=10,
+               headers=auth)  # fmt: skip
     wait_for(lambda: {j.state.name for j in emulator.jobs() if j.name in names}
              == {"JOB_STATE_CANCELLED"}, timeout=60)  # fmt: skip
 
 
-def concurrency_limit(api: str, name: str) -> dict:
-    return httpx.get(f"{api}/v2/concurrency_limits/{name}", timeout=10).json()
+def concurrency_limit(api: str, name: str, auth: dict[str, str]) -> dict:
+    return httpx.get(f"{api}/v2/concurrency_limits/{name}", timeout=10, headers=auth).json()
 
 
 def test_the_service_submits_queued_jobs_as_max_running_slots_free(served, tmp_path):
@@ -106,18 +108,18 @@ def test_the_service_submits_queued_jobs_as_max_running_slots_free(served, tmp_p
                "1", "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "1 jobs submitted to Vertex AI, 2 queued behind --max_running 1" in done.stderr
-    api = api_url(cli)
+    api, auth = api_url(cli), auth_headers(cli)
     limit = limit_name("vertex", xgroup)
-    assert concurrency_limit(api, limit)["limit"] == 1
-    assert concurrency_limit(api, limit)["active_slots"] == 1
+    assert concurrency_limit(api, limit, auth)["limit"] == 1
+    assert concurrency_limit(api, limit, auth)["active_slots"] == 1
 
     group_id = vj.xgroup_id(xgroup)
     mine = lambda: [j for j in emulator.jobs() if j.labels[vj.XGROUP_ID_LABEL] == group_id]  # noqa: E731
     for n in (1, 2, 3):
         [job] = wait_for(lambda n=n: len(mine()) == n and [j for j in mine()
                          if j.state.name == "JOB_STATE_RUNNING"], timeout=60)  # fmt: skip
-        assert concurrency_limit(api, limit)["active_slots"] == 1
+        assert concurrency_limit(api, limit, auth)["active_slots"] == 1
         emulator.finish(job.name, "JOB_STATE_SUCCEEDED")
-    wait_for(lambda: concurrency_limit(api, limit)["active_slots"] == 0, timeout=60)
+    wait_for(lambda: concurrency_limit(api, limit, auth)["active_slots"] == 0, timeout=60)
     assert len(mine()) == 3 and {j.state.name for j in mine()} == {"JOB_STATE_SUCCEEDED"}
     assert max(emulator.creates_by_key().values()) == 1

@@ -25,6 +25,7 @@ import yaml
 from devtools.k8s_emulator import K8sEmulator
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, caliban_runner, wait_for
+from tests.prefect_http import auth_headers
 
 TRAIN = """\
 import sys, time
@@ -86,7 +87,9 @@ def _api(cli) -> str:
 
 def _runs(cli, xgroup: str) -> list[dict]:
     body = {"flow_runs": {"tags": {"all_": ["caliban", f"xgroup:{xgroup}"]}}, "limit": 200}
-    response = httpx.post(f"{_api(cli)}/flow_runs/filter", json=body, timeout=30)
+    response = httpx.post(
+        f"{_api(cli)}/flow_runs/filter", json=body, timeout=30, headers=auth_headers(cli)
+    )
     response.raise_for_status()
     return response.json()
 

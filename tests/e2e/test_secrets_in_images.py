@@ -95,3 +95,32 @@ def test_no_key_in_the_project_folder_reaches_the_image(tmp_path, docker_client)
     assert seen_script, "the project folder was not copied: the test proves nothing"
     assert hits == [], hits
     print(f"{len(secrets)} credential files and the Dockerfile: 0 hits in every layer")
+
+
+def test_caliban_run_leaves_out_the_file_cloud_key_names(tmp_path, docker_client):
+    """Named by --cloud_key, a file stays out whatever it holds (here nothing that looks like
+    a key), and the job still gets it, mounted read-only."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(
+        "import os; print('key at', os.environ['GOOGLE_APPLICATION_CREDENTIALS'])\n"
+    )
+    (project / "requirements.txt").write_text("")
+    (project / "opaque.key").write_text("opaque-credential-0123456789abcdef\n")
+    env = {**os.environ, "CALIBAN_HOME": str(tmp_path / "home"), "HOME": str(tmp_path / "h")}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
+    cli = caliban_runner(project, env)
+
+    done = cli("run", "--nogpu", "--xgroup", "named-key", "--cloud_key", "opaque.key", "train.py")
+    assert done.returncode == 0, done.stderr
+    assert "opaque.key (the credentials file caliban was given)" in done.stderr, done.stderr
+    rows = json.loads(cli("status", "--xgroup", "named-key", "--format", "json").stdout)
+    assert [r["state"] for r in rows] == ["SUCCEEDED"], rows
+    image = docker_client.images.get(rows[0]["image"])
+    hits = [
+        path
+        for path, data in _files(image)
+        if Path(path).name == "opaque.key" or (data and b"opaque-credential" in data)
+    ]
+    assert hits == [], hits

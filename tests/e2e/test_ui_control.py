@@ -18,10 +18,11 @@ import uuid
 import httpx
 import pytest
 
-from devtools import browser
+from devtools import browser, cdp
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, wait_for
 from tests.e2e.test_vertex_e2e import api_url, make_cli, status
+from tests.prefect_http import auth_headers, auth_string
 
 SCRIPT = """\
 import sys, time
@@ -57,13 +58,15 @@ def world(tmp_path, docker_client):
 
 def _set_state(cli, run_id: str, state: dict, *, force: bool) -> dict:
     body = {"state": state, "force": force}
-    answer = httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=30)
+    answer = httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=30,
+                        headers=auth_headers(cli))  # fmt: skip
     answer.raise_for_status()
     return answer.json()
 
 
 def _run(cli, run_id: str) -> dict:
-    return httpx.get(f"{api_url(cli)}/flow_runs/{run_id}", timeout=10).json()
+    url = f"{api_url(cli)}/flow_runs/{run_id}"
+    return httpx.get(url, timeout=10, headers=auth_headers(cli)).json()
 
 
 def _ended_after(cli, run_id: str, runs: int, xgroup: str) -> dict:
@@ -207,6 +210,7 @@ def test_the_ui_offers_retry_on_a_failed_group(world):
     run_id, _ = _failed_group(cli, xgroup, "run")
     ui = api_url(cli).rstrip("/").removesuffix("/api")
     url = f"{ui}/flow-runs/flow-run/{run_id}"  # the classic UI's page of the run
-    dom = browser.dump_dom_until(url, [xgroup, "Retry"], timeout=90)
+    login = cdp.prefect_login(auth_string(cli) or "")  # what the UI's login form keeps
+    dom = browser.dump_dom_until(url, [xgroup, "Retry"], timeout=90, local_storage=login)
     lines = browser.visible_text(dom).splitlines()
     assert "Retry" in lines and "caliban-group" in lines, "\n".join(lines[:60])

@@ -22,6 +22,7 @@ import pytest
 
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, caliban_runner, wait_for
+from tests.prefect_http import auth_headers
 
 TRAIN = """\
 import sys, time
@@ -94,7 +95,8 @@ def api_url(cli) -> str:
 
 
 def flow_run(cli, flow_run_id: str) -> dict:
-    return httpx.get(f"{api_url(cli)}/flow_runs/{flow_run_id}", timeout=10).json()
+    url = f"{api_url(cli)}/flow_runs/{flow_run_id}"
+    return httpx.get(url, timeout=10, headers=auth_headers(cli)).json()
 
 
 def flow_run_state(cli, flow_run_id: str) -> str:
@@ -105,7 +107,8 @@ def run_events(cli, flow_run_id: str) -> list[str]:
     """The event names Prefect recorded for one flow run."""
     body = {"filter": {"resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
                        "occurred": {"since": "2020-01-01T00:00:00Z"}}, "limit": 50}  # fmt: skip
-    page = httpx.post(f"{api_url(cli)}/events/filter", json=body, timeout=10).json()
+    page = httpx.post(f"{api_url(cli)}/events/filter", json=body, timeout=10,
+                      headers=auth_headers(cli)).json()  # fmt: skip
     return [e["event"] for e in page["events"]]
 
 
@@ -239,7 +242,7 @@ def test_a_job_that_ended_while_nothing_watched_shows_its_truth(simulated, proje
     # Settled with every job ended: the run records them, so status asks Vertex no more.
     from caliban_flows.state import records
 
-    with httpx.Client(base_url=api_url(cli), timeout=10) as http:
+    with httpx.Client(base_url=api_url(cli), timeout=10, headers=auth_headers(cli)) as http:
         recorded = records.read(http, [row["flow_run_id"]])[1][row["flow_run_id"]]
     assert [(j["remote_id"], j["state"]) for j in recorded] == [(row["remote_id"], "FAILED")]
     lists = emulator.calls()["ListCustomJobs"]
@@ -270,7 +273,7 @@ def test_a_vertex_group_says_completed_once_when_its_jobs_end(simulated, project
 def state_history(cli, flow_run_id: str) -> list[tuple[str, str]]:
     """Every state the run entered, oldest first, as (type, name)."""
     got = httpx.get(f"{api_url(cli)}/flow_run_states/", params={"flow_run_id": flow_run_id},
-                    timeout=10).json()  # fmt: skip
+                    timeout=10, headers=auth_headers(cli)).json()  # fmt: skip
     ordered = sorted(got, key=lambda s: s["timestamp"])
     return [(s["type"], s["name"]) for s in ordered]
 
@@ -309,7 +312,8 @@ def test_cancelling_the_flow_run_in_prefect_cancels_the_remote_jobs(simulated, p
     run_id = status(cli, xgroup)[0]["flow_run_id"]
     # What the UI's Cancel button does.
     body = {"state": {"type": "CANCELLING", "message": "cancelled in the UI"}, "force": True}
-    httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=10)
+    httpx.post(f"{api_url(cli)}/flow_runs/{run_id}/set_state", json=body, timeout=10,
+               headers=auth_headers(cli))  # fmt: skip
     status(cli, xgroup)  # the next reconcile
     wait_for(lambda: {j.state.name for j in emulator.jobs()} == {"JOB_STATE_CANCELLED"})
     assert {r["state"] for r in status(cli, xgroup)} == {"STOPPED"}
@@ -377,10 +381,10 @@ def test_a_pool_caps_running_jobs_across_groups_and_stop_frees_its_slots(simulat
     assert len(emulator.jobs()) == 2
     assert {r["state"] for r in status(cli, first)} == {"STOPPED"}
     limit = httpx.get(f"{api_url(cli)}/v2/concurrency_limits/caliban-vertex-pool-{pool}",
-                      timeout=10).json()  # fmt: skip
+                      timeout=10, headers=auth_headers(cli)).json()  # fmt: skip
     assert (limit["limit"], limit["active_slots"]) == (1, 1)
     emulator.finish(row["remote_id"], "JOB_STATE_SUCCEEDED")
     assert status(cli, second)[0]["state"] == "SUCCEEDED"
     limit = httpx.get(f"{api_url(cli)}/v2/concurrency_limits/caliban-vertex-pool-{pool}",
-                      timeout=10).json()  # fmt: skip
+                      timeout=10, headers=auth_headers(cli)).json()  # fmt: skip
     assert limit["active_slots"] == 0

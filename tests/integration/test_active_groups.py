@@ -16,6 +16,7 @@ import pytest
 from caliban_flows.state import prefect_api
 from caliban_flows.state.groups import FLOW_NAME, active_xgroups, read_group_runs
 from tests.conftest import BIN
+from tests.prefect_http import use_auth
 
 GROUPS = 1200
 
@@ -29,6 +30,8 @@ def api(tmp_path_factory):
     out = subprocess.run([str(BIN / "python"), "-c", code], env=env, capture_output=True,
                          text=True, timeout=180, check=True)  # fmt: skip
     url = out.stdout.strip().splitlines()[-1]
+    mp = pytest.MonkeyPatch()
+    use_auth(mp, home)  # the server started in another process: prefect_api.client needs it
     try:
         with prefect_api.client(url) as http:  # retries the 503 a busy SQLite server gives
             flow = http.post("/flows/", json={"name": FLOW_NAME}).raise_for_status().json()
@@ -43,6 +46,7 @@ def api(tmp_path_factory):
                 }).raise_for_status()  # fmt: skip
         yield url
     finally:
+        mp.undo()
         stop = "from caliban_flows.server import backend; backend.stop()"
         subprocess.run([str(BIN / "python"), "-c", stop], env=env, timeout=60)
 

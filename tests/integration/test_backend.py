@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from caliban_flows.server import backend
+from tests.prefect_http import api_client
 
 PYTHON = sys.executable
 ENV_VARS = (
@@ -90,8 +91,8 @@ def _poll(predicate, seconds: float, what: str):
         time.sleep(0.1)
 
 
-def _api(url: str) -> httpx.Client:
-    return httpx.Client(base_url=url + "/", trust_env=False, timeout=30.0)
+def _api(url: str, home: Path) -> httpx.Client:
+    return api_client(url + "/", home, timeout=30.0)
 
 
 def _post(api: httpx.Client, path: str, body: dict) -> dict:
@@ -279,7 +280,7 @@ def test_the_server_stops_when_idle_but_not_while_a_flow_run_is_running(home, mo
     url = backend.api_url()
     pid = backend.status()["pid"]
     server = _server_pid(pid)
-    with _api(url) as api:
+    with _api(url, home) as api:
         flow = _post(api, "flows/", {"name": "idle-test"})
         run = _post(api, "flow_runs/", {"flow_id": flow["id"], "state": {"type": "RUNNING"}})
         assert run["state"]["type"] == "RUNNING"
@@ -349,7 +350,7 @@ def test_a_flow_run_with_tasks_lands_in_the_local_server(home):
     assert report["state"] == "COMPLETED" and report["tasks"] == 3
     assert report["client_url"].rstrip("/") == report["url"] == backend.status()["url"]
     # Seen from outside that process: the run is in caliban's server, not an ephemeral one.
-    with _api(report["url"]) as api:
+    with _api(report["url"], home) as api:
         run = api.get(f"flow_runs/{report['run']}").json()
     assert run["state_type"] == "COMPLETED"
 

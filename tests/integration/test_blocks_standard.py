@@ -11,6 +11,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from caliban_flows.blocks import ClusterSettings, VertexSettings
 from tests.conftest import BIN
+from tests.prefect_http import auth_env, auth_headers
 
 
 class TestVertexSettings(BlockStandardTestSuite):
@@ -41,12 +42,15 @@ def test_prefect_block_register_finds_our_blocks(tmp_path):
                          text=True, timeout=120, check=True).stdout.strip()  # fmt: skip
     try:
         env["PREFECT_API_URL"] = url
+        env.update(auth_env(env))  # Prefect's CLI, given the URL, needs the home's secret too
         registered = subprocess.run(
             [str(BIN / "prefect"), "block", "register", "-m", "caliban_flows.blocks"],
             env=env, capture_output=True, text=True, timeout=180,
         )  # fmt: skip
         assert registered.returncode == 0, registered.stdout + registered.stderr
-        types = httpx.post(f"{url}/block_types/filter", json={}, timeout=10).json()
+        types = httpx.post(
+            f"{url}/block_types/filter", json={}, timeout=10, headers=auth_headers(env)
+        ).json()
         assert {"caliban-vertex-settings", "caliban-cluster-settings"} <= {t["slug"] for t in types}
     finally:
         subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"], env=env,

@@ -11,6 +11,13 @@ from caliban_flows.state import prefect_api
 from tests.conftest import fresh_python
 
 
+@pytest.fixture(autouse=True)
+def _no_server_secret(monkeypatch):
+    # An in-process backend call of an earlier test leaves its home's secret in the
+    # environment: it would be sent instead of the key (a fresh interpreter inherits it too).
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
+
+
 @pytest.fixture
 def server():
     seen: list[tuple[str, str | None]] = []

@@ -58,7 +58,9 @@ def test_the_profiles_key_is_sent_with_its_url(tmp_path):
     )
     env = {**os.environ, "HOME": str(tmp_path), "PREFECT_HOME": str(prefect_home),
            "CALIBAN_HOME": str(tmp_path / "caliban")}  # fmt: skip
-    for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+    # PREFECT_API_AUTH_STRING too: one left by an earlier test would be sent instead of the key.
+    for name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING",
+                 "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):  # fmt: skip
         env.pop(name, None)
     try:
         done = caliban_runner(tmp_path, env)("status", "--format", "json")

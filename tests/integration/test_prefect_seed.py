@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 
 from caliban_flows.server import backend
 from devtools.prefect_template import template_path
+from tests.prefect_http import auth_headers
 
 MIGRATIONS = Path(prefect.__file__).parent / "server" / "database" / "_migrations"
 
@@ -51,7 +52,8 @@ def test_a_new_home_is_seeded_before_its_first_start(tmp_path, monkeypatch):
         # every core block type is there (the UI's block catalogue needs them).
         marker = tmp_path / "home" / "prefect" / "caliban-seeded-for"
         assert marker.read_text() == version("prefect")
-        types = httpx.post(f"{url}/block_types/filter", json={}, timeout=10).json()
+        auth = auth_headers(tmp_path / "home")
+        types = httpx.post(f"{url}/block_types/filter", json={}, timeout=10, headers=auth).json()
         assert {"secret", "webhook", "docker-registry-credentials"} <= {t["slug"] for t in types}
     finally:
         backend.stop()

@@ -13,12 +13,12 @@ import subprocess
 import sys
 import uuid
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from caliban_flows.server import backend
+from tests.prefect_http import api_client
 
 # Each of these could point a child at the user's Prefect instead of this module's server.
 ENV_VARS = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_PROFILE",
@@ -123,7 +123,7 @@ def test_settings_round_trip_and_the_key_never_leaves_the_server(child_env):
     key_body = key["private_key"].splitlines()[3]  # a line of the PEM's base64
     assert marker not in output and key_body not in output
     url = result["url"]
-    with httpx.Client(timeout=10, trust_env=False) as client:
+    with api_client(url, child_env, timeout=10) as client:
         pages = [client.get(f"{url}/block_documents/{i}") for i in result["ids"].values()]
         pages.append(client.post(f"{url}/block_documents/filter", json={}))
         for page in pages:
