@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,10 +43,14 @@ JOB_NAME = "caliban_bench"
 
 
 def emulator(**knobs):
-    """A started, simulating VertexEmulator on a free loopback port."""
+    """A started, simulating VertexEmulator on a free loopback port. Like Vertex, it speaks
+    TLS and checks credentials: this process and its children get its CA and a key it
+    trusts (as application-default credentials), so every client goes the production way."""
     from devtools.vertex_emulator import VertexEmulator
 
-    return VertexEmulator(port=0, run_containers=False, seed=7, **knobs).start()
+    emu = VertexEmulator(port=0, run_containers=False, seed=7, **knobs).start()
+    os.environ.update(emu.client_env(emu.new_key()))
+    return emu
 
 
 def placement():
@@ -196,13 +201,9 @@ def time_adapter(run_id: str) -> tuple[list[float], list[float], list[tuple]]:
 
 def time_serial(run_id: str) -> tuple[float, int, bool, tuple]:
     """(seconds for all JOBS, measured or projected; creates sent; extrapolated; group check)."""
-    import grpc
     from google.cloud import aiplatform_v1
-    from google.cloud.aiplatform_v1.services.job_service import JobServiceClient
-    from google.cloud.aiplatform_v1.services.job_service.transports.grpc import (
-        JobServiceGrpcTransport,
-    )
 
+    from caliban_flows.platforms.vertex.adapter import Vertex
     from caliban_flows.spec import vertex_job as vj
 
     xgroup = f"bench-vx-serial-{run_id}"
@@ -210,8 +211,7 @@ def time_serial(run_id: str) -> tuple[float, int, bool, tuple]:
     where = placement()
     emu = emulator(latency=LATENCY)
     try:
-        channel = grpc.insecure_channel(emu.endpoint)
-        client = JobServiceClient(transport=JobServiceGrpcTransport(channel=channel))
+        client = Vertex(PROJECT, REGION, endpoint=emu.endpoint).client()
         client.list_custom_jobs(request={"parent": where.parent, "page_size": 1})  # connect
         sent, extrapolated = 0, False
         start = time.perf_counter()
@@ -228,7 +228,7 @@ def time_serial(run_id: str) -> tuple[float, int, bool, tuple]:
                     extrapolated = True
                     break
         elapsed = time.perf_counter() - start
-        channel.close()
+        client.transport.close()
         check = (xgroup, sent, *group_counts(emu, xgroup))
     finally:
         emu.stop()

@@ -1,11 +1,20 @@
 """A Vertex AI JobService emulator (CustomJob RPCs) that speaks the real gRPC wire protocol.
 
-The real `google.cloud.aiplatform_v1.JobServiceClient` / `JobServiceAsyncClient` talk to it over
-an insecure loopback channel:
+Like Vertex it serves TLS only (devtools.test_pki's CA signs its certificate) and refuses with
+UNAUTHENTICATED any RPC without a self-signed JWT from a service-account key it trusts: what the
+real client sends, offline, given a key file. So clients take Vertex's code path; only the
+endpoint, the trusted roots and the key differ:
 
     with VertexEmulator(run_containers=False) as emu:
-        channel = grpc.insecure_channel(emu.endpoint)
-        client = JobServiceClient(transport=JobServiceGrpcTransport(channel=channel))
+        os.environ.update(emu.client_env(emu.new_key()))  # see the note on roots below
+        credentials, _ = google.auth.default()  # the key, from $GOOGLE_APPLICATION_CREDENTIALS
+        options = {"api_endpoint": emu.endpoint}
+        client = JobServiceClient(credentials=credentials, client_options=options)
+
+gRPC reads $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH once per process, at the first TLS handshake that
+uses the default roots (not when a channel is made); later changes are ignored. A process that
+may have connected before passes the CA itself: `JobServiceGrpcTransport(host=emu.endpoint,
+credentials=..., ssl_channel_credentials=grpc.ssl_channel_credentials(emu.ca_pem))`.
 
 Jobs either run as real containers on the local dockerd (`run_containers=True`) or walk
 QUEUED -> PENDING -> RUNNING -> SUCCEEDED on a timer (`run_containers=False`). Latency, 429/503
@@ -24,12 +33,14 @@ import contextlib
 import queue
 import random
 import re
+import shlex
 import signal
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,10 +48,15 @@ from google.cloud import aiplatform_v1
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 
+from devtools import test_pki
+
 SERVICE = "google.cloud.aiplatform.v1.JobService"
 KEY_LABEL = "caliban_job_key"
 CONTAINER_JOB_LABEL = "caliban-emulator.job"
 CONTAINER_PORT_LABEL = "caliban-emulator.port"
+PROJECT = "emu-project"  # the project of the keys new_key() mints
+# A self-signed JWT made for an audience rather than scopes names the service's default host.
+AUDIENCES = ("https://aiplatform.googleapis.com/",)
 
 JobState = aiplatform_v1.JobState
 QUEUED = JobState.JOB_STATE_QUEUED
@@ -245,11 +261,50 @@ class VertexEmulator:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._docker = None
 
+        # The process's test CA (see test_pki.shared_tls), so restart() serves what clients
+        # trust and one roots file covers every emulator of a process.
+        self._tls, self.ca_file = test_pki.shared_tls()
+        self._keys = test_pki.KeyRing(AUDIENCES)
+
     # ----------------------------------------------------------------- lifecycle
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate that signed the server's (the content of `ca_file`)."""
+        return self._tls.ca_cert
+
+    # ----------------------------------------------------------------- credentials
+
+    def new_key(
+        self, path: str | Path | None = None, *, trusted: bool = True, email: str | None = None
+    ) -> Path:
+        """Write a new service-account key file at `path` (None: in the process's scratch
+        directory); the emulator accepts it if `trusted`."""
+        info = test_pki.new_service_account_key(PROJECT, email)
+        if trusted:
+            self._keys.trust(info)
+        path = path or test_pki.scratch_dir() / f"key-{info['private_key_id'][:12]}.json"
+        return test_pki.write_key(path, info)
+
+    def trust(self, key_path: str | Path) -> None:
+        """Accept the JWTs that an existing key file signs."""
+        self._keys.trust(test_pki.read_key(key_path))
+
+    def revoke(self, key_path: str | Path) -> None:
+        """Stop accepting a key, as when it is deleted from its service account."""
+        self._keys.revoke(test_pki.read_key(key_path)["private_key_id"])
+
+    def client_env(self, key_path: str | Path) -> dict[str, str]:
+        """What a process needs to reach this emulator as caliban reaches Vertex."""
+        return {
+            "CALIBAN_VERTEX_ENDPOINT": self.endpoint,
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(self.ca_file),
+            "GOOGLE_APPLICATION_CREDENTIALS": str(key_path),
+        }
 
     def start(self) -> VertexEmulator:
         self._stopped.clear()
@@ -335,22 +390,30 @@ class VertexEmulator:
             options=[("grpc.so_reuseport", 0)],
         )
         server.add_generic_rpc_handlers((generic,))
-        bound = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        tls = grpc.ssl_server_credentials([(self._tls.server_key, self._tls.server_cert)])
+        bound = server.add_secure_port(f"127.0.0.1:{self.port}", tls)
         if bound == 0:
             raise RuntimeError(f"vertex emulator: cannot listen on 127.0.0.1:{self.port}")
         self.port = bound
         server.start()
         self._server = server
 
-    # ----------------------------------------------------------------- fault injection
+    # ----------------------------------------------------------------- auth and fault injection
 
     def _with_faults(self, method: str, fn):
+        """Every RPC: counted, delayed, refused without a valid credential (before any work, as
+        Google does), then perhaps failed by an injected fault."""
+
         def handler(request, context):
+            denied = self._keys.refusal(context.invocation_metadata())
             with self._lock:
                 self._calls[method] += 1
-                fault, lost = self._draw_fault(method)
+                # Refused calls draw no fault, so the seeded fault sequence stays the same.
+                fault, lost = (None, False) if denied else self._draw_fault(method)
             if self.latency > 0:
                 time.sleep(self.latency)
+            if denied is not None:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, denied)
             if fault is not None and not lost:
                 context.abort(fault, f"injected {fault.name} on {method}")
             try:
@@ -736,7 +799,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     with emulator:
-        print(emulator.endpoint, flush=True)
+        # The endpoint, then the environment a client needs, as NAME=value lines for a shell.
+        env = emulator.client_env(emulator.new_key())
+        lines = [emulator.endpoint, *(f"{name}={shlex.quote(v)}" for name, v in env.items())]
+        print("\n".join(lines), flush=True)
         while not done.wait(1):
             pass
     return 0

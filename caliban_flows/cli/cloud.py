@@ -55,6 +55,7 @@ def cloud(
         project_id=project_id, region=region, machine_type=machine_type,
         service_account=service_account, network=network, spot=spot, timeout=timeout,
         restart_on_worker_restart=restart_on_worker_restart, vertex_block=vertex_block,
+        cloud_key=cloud_key,
     )  # fmt: skip
     plan = submit_plan("cloud", module, rest, options, experiment_config=experiment_config,
                        xgroup=xgroup, name=name, labels=label, image=image_tag,

@@ -70,3 +70,19 @@ def credential_args(cloud_key: str | None) -> list[str]:
         "-e",
         f"GOOGLE_APPLICATION_CREDENTIALS={CREDENTIALS_IN_CONTAINER}",
     ]
+
+
+def service_account_key(cloud_key: str) -> str:
+    """The absolute path of the key file --cloud_key names, once it reads as one: a job is
+    submitted with it (and a later status, stop or resubmit reads it there again)."""
+    import json
+
+    path = Path(cloud_key).expanduser().resolve()
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else "not JSON"
+        raise SpecError(f"--cloud_key {cloud_key!r}: {reason}") from None
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise SpecError(f"--cloud_key {cloud_key!r} is not a service-account key file")
+    return str(path)

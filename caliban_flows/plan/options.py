@@ -72,6 +72,9 @@ class VertexOptions(RemoteOptions):
     vertex_block: str | None = Field(
         None, description="Defaults from this 'Caliban Vertex Settings' block."
     )
+    cloud_key: str | None = Field(
+        None, description="Service-account key file to submit the jobs with."
+    )
 
 
 class KubernetesOptions(RemoteOptions):

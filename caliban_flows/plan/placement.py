@@ -47,6 +47,7 @@ def local(options: LocalOptions, *, xgroup: str, probe: bool) -> Placed:
 
 def vertex(options: VertexOptions, *, probe: bool) -> Placed:
     from caliban_flows.plan import gcloud
+    from caliban_flows.plan.inputs import service_account_key
     from caliban_flows.server.ready import block_settings
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
@@ -78,6 +79,8 @@ def vertex(options: VertexOptions, *, probe: bool) -> Placed:
         "placement": asdict(placement),
         "max_qps": options.max_qps or defaults.get("max_qps"),
         "credentials_block": options.vertex_block,
+        # Where the key is, never what it holds: status, stop and resubmit read it there.
+        "credentials_file": service_account_key(options.cloud_key) if options.cloud_key else None,
     }
     registry = options.registry or defaults.get("registry")
     return Placed(recorded, gpu, tpu, registry, shown={"placement": placement})

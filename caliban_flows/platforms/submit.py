@@ -30,6 +30,11 @@ CreateJob = Callable[["AsyncLimiter", JobRequest], Awaitable[RemoteJob]]
 Describe = Callable[[BaseException], str]
 
 
+class NothingSubmitted(RuntimeError):
+    """The group could not even be listed (refused credentials, no such project ...): no
+    job was created."""
+
+
 class SubmitError(RuntimeError):
     """Some jobs could not be submitted; the others were. Submitting again adds only those."""
 
@@ -80,7 +85,11 @@ async def submit_paced(
     # resubmitted batch skip the jobs it made last time.
     existing: dict[tuple[str, int], RemoteJob] = {}
     for xgroup in {r.xgroup for r in requests}:
-        for job in await list_group(limiter, xgroup):
+        try:
+            listed = await list_group(limiter, xgroup)
+        except Exception as e:
+            raise NothingSubmitted(describe(e)) from e
+        for job in listed:
             existing.setdefault((job.key, job.attempt), job)
 
     async def one(request: JobRequest) -> RemoteJob:

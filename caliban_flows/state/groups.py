@@ -226,7 +226,8 @@ def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[Remote
     remote: Remote = {}
     asked: dict[tuple, GroupRun] = {}
     for place, mine in places.items():
-        if all(r.final is not None and is_remote(r) for r in mine):
+        # Nothing to ask where every run recorded its jobs' end, or recorded no job at all.
+        if all((r.final is not None or not r.jobs) and is_remote(r) for r in mine):
             remote[place] = {(j.key, j.attempt): j for r in mine for j in r.final}
         else:
             asked[place] = mine[0]

@@ -12,6 +12,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
+from caliban_flows.platforms.submit import NothingSubmitted
 from caliban_flows.state.reconcile import Platforms
 from caliban_flows.tasks.progress import CountProgress
 
@@ -46,8 +47,26 @@ def submit_jobs(requests: list[JobRequest], platform: str, record: dict) -> list
         max_qps = Platforms.max_qps(platform, record)
         try:
             return asyncio.run(remote.submit_all(requests, max_qps=max_qps, on_job=on_job))
+        except NothingSubmitted as e:
+            _record_not_submitted(requests, str(e))
+            raise
         finally:
             logger.info("%d jobs submitted, %d already there", counts[True], counts[False])
+
+
+def _record_not_submitted(requests: list[JobRequest], reason: str) -> None:
+    """The run's last word on jobs no platform ever got: FAILED, with why. Later rounds then
+    know there is nothing to ask (with credentials that may never work) about them."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.state import prefect_api, records
+
+    rows = [{"key": r.key, "attempt": r.attempt, "remote_id": "", "exit_code": None,
+             "console_url": None, "detail": f"not submitted: {reason}",
+             "state": JobState.FAILED.value} for r in requests]  # fmt: skip
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
+        records.write(http, [records.final_artifact(flow_run.id, rows)])
 
 
 def poll_seconds() -> float:

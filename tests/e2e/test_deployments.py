@@ -124,7 +124,7 @@ def env(tmp_path_factory, docker_client, emulator) -> dict:
         **os.environ,
         "CALIBAN_HOME": str(home),
         "HOME": str(tmp_path_factory.mktemp("dep-user")),
-        "CALIBAN_VERTEX_ENDPOINT": emulator.endpoint,
+        **emulator.client_env(emulator.new_key()),
         "CALIBAN_VERTEX_POLL_SECONDS": "0.2",
         "PROJECT_ID": "caliban-test",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

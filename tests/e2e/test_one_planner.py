@@ -74,6 +74,7 @@ CASES = [
     ("vertex", "timeout", {"timeout": "90m"}),
     ("vertex", "restart_on_worker_restart", {"restart_on_worker_restart": True}),
     ("vertex", "vertex_block", {"vertex_block": SPACE}),
+    ("vertex", "cloud_key", {"cloud_key": "key.json"}),
     ("kubernetes", "defaults", {}),
     ("kubernetes", "gpu", {"nogpu": False}),
     ("kubernetes", "gpu_spec", {"nogpu": False, "gpu_spec": "2xT4"}),
@@ -179,7 +180,6 @@ def world(tmp_path_factory, docker_client):
     (project / "requirements.txt").write_text("")
     (project / "data").mkdir()
     (project / "data" / "x.txt").write_text("x\n")
-    (project / "key.json").write_text('{"type": "service_account"}\n')
     (project / "exp.json").write_text('{"lr": [0.1, 0.01]}')
     with (
         VertexEmulator(run_containers=False, sim_step=0.02, seed=5) as vertex,
@@ -195,7 +195,7 @@ def world(tmp_path_factory, docker_client):
             **os.environ,
             "CALIBAN_HOME": str(home),
             "HOME": str(root / "user"),
-            "CALIBAN_VERTEX_ENDPOINT": vertex.endpoint,
+            **vertex.client_env(vertex.new_key(project / "key.json")),
             "CALIBAN_VERTEX_POLL_SECONDS": "0.2",
             "CALIBAN_REGISTRY": "127.0.0.1:5000",
             "PROJECT_ID": "caliban-test",

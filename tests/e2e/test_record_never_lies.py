@@ -60,7 +60,7 @@ def world(tmp_path_factory, docker_client):
             **os.environ,
             "CALIBAN_HOME": str(home),
             "HOME": str(root / "user"),
-            "CALIBAN_VERTEX_ENDPOINT": vertex.endpoint,
+            **vertex.client_env(vertex.new_key()),
             "CALIBAN_VERTEX_POLL_SECONDS": "0.2",
             "CALIBAN_REGISTRY": "127.0.0.1:5000",
             "PROJECT_ID": "caliban-test",

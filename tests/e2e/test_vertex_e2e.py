@@ -60,7 +60,7 @@ def make_cli(project: Path, home: Path, emulator: VertexEmulator):
         **os.environ,
         "CALIBAN_HOME": str(home),
         "HOME": str(project.parent / "home"),
-        "CALIBAN_VERTEX_ENDPOINT": emulator.endpoint,
+        **emulator.client_env(emulator.new_key()),
         "CALIBAN_VERTEX_POLL_SECONDS": "0.2",
         "CALIBAN_REGISTRY": "127.0.0.1:5000",
         "PROJECT_ID": "caliban-test",
@@ -388,3 +388,32 @@ def test_a_pool_caps_running_jobs_across_groups_and_stop_frees_its_slots(simulat
     limit = httpx.get(f"{api_url(cli)}/v2/concurrency_limits/caliban-vertex-pool-{pool}",
                       timeout=10, headers=auth_headers(cli)).json()  # fmt: skip
     assert limit["active_slots"] == 0
+
+
+def test_cloud_key_is_the_identity_jobs_are_submitted_with(simulated, project, tmp_path):
+    """The emulator checks every call's credentials, as Vertex does: a key it refuses stops
+    the submission in one line, before any job; --cloud_key wins over the environment's key."""
+    emulator, cli = simulated
+    emulator.hold(True)
+    refused = emulator.new_key(tmp_path / "refused.json", trusted=False)
+    accepted = emulator.new_key(tmp_path / "accepted.json")
+    created = len(emulator.jobs())
+
+    xgroup = f"vk-{uuid.uuid4().hex[:8]}"
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup,
+               "--cloud_key", str(refused), "trainer.train")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("waited ")]  # start-up
+    assert len(lines) == 1 and "invalid authentication credentials" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(emulator.jobs()) == created
+
+    # The environment names the refused key; the flag's key is the one used, then and after.
+    env = {**cli.env, "GOOGLE_APPLICATION_CREDENTIALS": str(refused)}
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup,
+               "--cloud_key", str(accepted), "trainer.train", env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(emulator.jobs()) == created + 1
+    shown = cli("status", "--xgroup", xgroup, "--format", "json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert [r["state"] for r in json.loads(shown.stdout)] == ["RUNNING"]

@@ -166,7 +166,7 @@ def test_a_thousand_vertex_jobs_on_a_postgres_backed_prefect_server(tmp_path: Pa
             "PREFECT_API_URL": api,
             "CALIBAN_HOME": str(tmp_path / "caliban-home"),
             "HOME": str(tmp_path / "home"),
-            "CALIBAN_VERTEX_ENDPOINT": emulator.endpoint,
+            **emulator.client_env(emulator.new_key()),
             "CALIBAN_VERTEX_POLL_SECONDS": "0.2",
             "CALIBAN_REGISTRY": "127.0.0.1:5000",
             "PROJECT_ID": "caliban-scale",

@@ -31,7 +31,13 @@ def loaded():
 
 @pytest.fixture(scope="module")
 def endpoint():
-    with VertexEmulator(run_containers=False, sim_step=0.05) as emu:
+    """Each fresh interpreter inherits the TLS roots and the key caliban would be given."""
+    with (
+        VertexEmulator(run_containers=False, sim_step=0.05) as emu,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        for name, value in emu.client_env(emu.new_key()).items():
+            env.setenv(name, value)
         yield emu.endpoint
 
 

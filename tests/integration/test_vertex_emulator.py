@@ -20,6 +20,7 @@ from google.cloud.aiplatform_v1.services.job_service.transports.grpc import (
 from google.cloud.aiplatform_v1.services.job_service.transports.grpc_asyncio import (
     JobServiceGrpcAsyncIOTransport,
 )
+from google.oauth2 import service_account
 from google.protobuf import empty_pb2
 
 from devtools import engine
@@ -66,9 +67,32 @@ def make_job(
     )
 
 
+def client_auth(endpoint: str, key: Path, ca: bytes) -> dict:
+    """Transport arguments: a key the emulator trusts, and its CA passed explicitly (this
+    process may have made TLS connections before, so $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH is no
+    use here; tests/integration/test_vertex_emulator_auth.py covers that path)."""
+    credentials = service_account.Credentials.from_service_account_file(
+        str(key), scopes=["https://www.googleapis.com/auth/cloud-platform"]
+    )
+    tls = grpc.ssl_channel_credentials(ca)
+    # always_use_jwt_access: the client sets it, a bare transport does not (it would fetch an
+    # OAuth token from oauth2.googleapis.com instead).
+    return {
+        "host": endpoint,
+        "credentials": credentials,
+        "ssl_channel_credentials": tls,
+        "always_use_jwt_access": True,
+    }
+
+
 def sync_client(emu: VertexEmulator) -> v1.JobServiceClient:
-    channel = grpc.insecure_channel(emu.endpoint)
-    return v1.JobServiceClient(transport=JobServiceGrpcTransport(channel=channel))
+    auth = client_auth(emu.endpoint, emu.new_key(), emu.ca_pem)
+    return v1.JobServiceClient(transport=JobServiceGrpcTransport(**auth))
+
+
+def async_client(emu: VertexEmulator) -> v1.JobServiceAsyncClient:
+    auth = client_auth(emu.endpoint, emu.new_key(), emu.ca_pem)
+    return v1.JobServiceAsyncClient(transport=JobServiceGrpcAsyncIOTransport(**auth))
 
 
 def wait_state(client, name: str, *states: S, timeout: float = 20.0) -> v1.CustomJob:
@@ -330,8 +354,7 @@ def test_crash_and_restart_keep_state(emu, client) -> None:
 
 def test_async_client_end_to_end(emu) -> None:
     async def scenario() -> None:
-        channel = grpc.aio.insecure_channel(emu.endpoint)
-        client = v1.JobServiceAsyncClient(transport=JobServiceGrpcAsyncIOTransport(channel=channel))
+        client = async_client(emu)
         emu.hold(True)
         jobs = await asyncio.gather(
             *(
@@ -356,7 +379,7 @@ def test_async_client_end_to_end(emu) -> None:
         assert await operation.result() == empty_pb2.Empty()
         with pytest.raises(exceptions.NotFound):
             await client.get_custom_job(name=jobs[0].name)
-        await channel.close()
+        await client.transport.close()
 
     asyncio.run(scenario())
     assert emu.duplicates() == 0 and len(emu.creates_by_key()) == 25
@@ -364,15 +387,14 @@ def test_async_client_end_to_end(emu) -> None:
 
 def test_500_concurrent_creates_with_50ms_latency() -> None:
     async def submit(emu: VertexEmulator, count: int) -> None:
-        channel = grpc.aio.insecure_channel(emu.endpoint)
-        client = v1.JobServiceAsyncClient(transport=JobServiceGrpcAsyncIOTransport(channel=channel))
+        client = async_client(emu)
         await asyncio.gather(
             *(
                 client.create_custom_job(parent=PARENT, custom_job=make_job(f"q{i}"))
                 for i in range(count)
             )
         )
-        await channel.close()
+        await client.transport.close()
 
     with VertexEmulator(latency=0.05, sim_step=3600) as emu:
         start = time.monotonic()
@@ -399,9 +421,11 @@ def test_command_line_server() -> None:
     try:
         endpoint = proc.stdout.readline().strip()
         assert endpoint.startswith("127.0.0.1:")
-        client = v1.JobServiceClient(
-            transport=JobServiceGrpcTransport(channel=grpc.insecure_channel(endpoint))
-        )
+        env = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(3))
+        key = Path(env["GOOGLE_APPLICATION_CREDENTIALS"])
+        ca = Path(env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"]).read_bytes()
+        auth = client_auth(endpoint, key, ca)
+        client = v1.JobServiceClient(transport=JobServiceGrpcTransport(**auth))
         job = client.create_custom_job(parent=PARENT, custom_job=make_job("cli"))
         assert client.get_custom_job(name=job.name).labels["caliban_job_key"] == "cli"
     finally:

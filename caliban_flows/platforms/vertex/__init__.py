@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from caliban_flows.platforms.registry import PlatformEntry
 
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 DEFAULT_MAX_QPS = 5.0  # well under the default per-region job-submission quotas
 
 
@@ -11,7 +12,13 @@ def _open(placement: dict):
     from caliban_flows.platforms.vertex.adapter import Vertex
 
     credentials = None
-    if placement.get("credentials_block"):  # a key kept in a Vertex settings block
+    if placement.get("credentials_file"):  # --cloud_key
+        from google.oauth2 import service_account
+
+        credentials = service_account.Credentials.from_service_account_file(
+            placement["credentials_file"], scopes=[CLOUD_PLATFORM]
+        )
+    elif placement.get("credentials_block"):  # a key kept in a Vertex settings block
         from caliban_flows.blocks.vertex import credentials_from_block
 
         credentials = credentials_from_block(placement["credentials_block"])
@@ -38,7 +45,12 @@ ENTRY = PlatformEntry(
     name="vertex",
     title="Vertex AI",
     open=_open,
-    place=lambda placement: (placement.get("project"), placement.get("region")),
+    # One list call covers a project's region, asked as one identity.
+    place=lambda placement: (
+        placement.get("project"),
+        placement.get("region"),
+        placement.get("credentials_file") or placement.get("credentials_block"),
+    ),
     default_max_qps=DEFAULT_MAX_QPS,
     preload=("google.cloud.aiplatform_v1",),
     # The project's Artifact Registry in the jobs' region.

@@ -1,8 +1,8 @@
 """Jobs as Vertex AI CustomJobs, through `aiplatform_v1`'s generated clients.
 
-Never the high-level `aiplatform` SDK: it takes ~3.8 s to import. With $CALIBAN_VERTEX_ENDPOINT
-(host:port) the clients speak plain gRPC to an emulator on this machine and use no credentials;
-otherwise they use the regional endpoint and the user's application-default credentials.
+Never the high-level `aiplatform` SDK: it takes ~3.8 s to import. The clients speak TLS to the
+regional endpoint, or to $CALIBAN_VERTEX_ENDPOINT (host:port), with the credentials given
+(--cloud_key, a Vertex settings block) or else the user's application-default ones.
 
 Submission is concurrent (one asyncio client), paced by a token bucket, retried with jittered
 exponential backoff, and idempotent: every job carries its key and attempt as labels, the group's
@@ -114,33 +114,26 @@ class Vertex:
 
     # -- clients ---------------------------------------------------------------------------
 
+    def _options(self) -> dict:
+        # One path for Google and for anything else that speaks the API (an emulator, a
+        # private endpoint): TLS, with the system's CA roots or $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH,
+        # and the credentials, as the user's own (application default) unless given.
+        return {"api_endpoint": self.endpoint or f"{self.region}-aiplatform.googleapis.com"}
+
     def client(self):
         if self._sync is None:
             service = vertex_client.job_service()
-            if self.endpoint:
-                import grpc
-
-                channel = grpc.insecure_channel(self.endpoint)
-                transport = service.JobServiceGrpcTransport(channel=channel)
-                self._sync = service.JobServiceClient(transport=transport)
-            else:
-                options = {"api_endpoint": f"{self.region}-aiplatform.googleapis.com"}
-                self._sync = service.JobServiceClient(
-                    credentials=self.credentials, client_options=options
-                )
+            self._sync = service.JobServiceClient(
+                credentials=self.credentials, client_options=self._options()
+            )
         return self._sync
 
     def async_client(self):
         """A new async client; create it inside the event loop that will use it."""
         service = vertex_client.job_service()
-        if self.endpoint:
-            import grpc
-
-            channel = grpc.aio.insecure_channel(self.endpoint)
-            transport = service.JobServiceGrpcAsyncIOTransport(channel=channel)
-            return service.JobServiceAsyncClient(transport=transport)
-        options = {"api_endpoint": f"{self.region}-aiplatform.googleapis.com"}
-        return service.JobServiceAsyncClient(credentials=self.credentials, client_options=options)
+        return service.JobServiceAsyncClient(
+            credentials=self.credentials, client_options=self._options()
+        )
 
     # -- the platform protocol -------------------------------------------------------------
 
