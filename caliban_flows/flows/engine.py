@@ -99,7 +99,7 @@ def _run_here(xgroup: str, platform: str, keys: set[str], start) -> int:
                 _record_stop(LAST_RUN.get("id"))
             print(_interrupted(xgroup, remote), file=sys.stderr)
             return EXIT_CODE
-    from caliban_flows.flows.group_runs import handed_over
+    from caliban_flows.flows.handover import handed_over
 
     print(f"xgroup {xgroup!r}: {_one_line(state.message or state.name)}", file=sys.stderr)
     return 0 if state.is_completed() or handed_over(state) else 1

@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.states import Cancelled, Completed, Failed, Running
 from prefect.utilities.annotations import quote
 
-from caliban_flows.flows.group_runs import SUBMITTED, hands_over
+from caliban_flows.flows.handover import SUBMITTED, hands_over
 from caliban_flows.platforms.base import JobRequest, JobState
 from caliban_flows.state.groups import FLOW_NAME, STOPPED_MESSAGE
 from caliban_flows.tasks.jobs import build_image, expand_sweep, record_jobs, run_job

@@ -17,14 +17,12 @@ Prefect's own loop, which would run the flow again on any other).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextvars import ContextVar
 
+from caliban_flows.flows.handover import HANDS_OVER, SUBMITTED, handed_over
 from caliban_flows.spec.errors import CalibanError
 
 DEPLOYMENT = "caliban-group"
 RESUBMITTING = "Resubmitting"  # the state name of a run `caliban resubmit` is about to rerun
-SUBMITTED = "Submitted"  # a remote run whose jobs are all with their platform
-_HANDS_OVER: ContextVar[bool] = ContextVar("caliban_hands_over", default=False)
 _DEPLOYMENT_IDS: dict[str, object] = {}  # per API URL, for this process
 
 
@@ -64,16 +62,6 @@ def deployment_id(client):
     return _DEPLOYMENT_IDS[url]
 
 
-def hands_over() -> bool:
-    """Whether the group flow running now may end its part at RUNNING ("Submitted"): only
-    under `run_here`. Elsewhere (a runner carrying out the UI's Retry) it waits for its jobs."""
-    return _HANDS_OVER.get()
-
-
-def handed_over(state) -> bool:
-    return state is not None and state.is_running() and state.name == SUBMITTED
-
-
 def run_here(flow, flow_run=None, parameters: dict | None = None):
     """Run a group flow in this process (a subflow of the running flow when `flow_run` is
     None) until it ends, or until its jobs are all with their platform; its last state."""
@@ -82,14 +70,14 @@ def run_here(flow, flow_run=None, parameters: dict | None = None):
     from prefect.flow_engine import FlowRunEngine
 
     engine = FlowRunEngine(flow=flow, parameters=parameters, flow_run=flow_run)
-    token = _HANDS_OVER.set(True)
+    token = HANDS_OVER.set(True)
     try:
         with engine.start():
             while engine.is_running() and not handed_over(engine.state):
                 with engine.run_context():
                     engine.call_flow_fn()
     finally:
-        _HANDS_OVER.reset(token)
+        HANDS_OVER.reset(token)
     return engine.state
 
 

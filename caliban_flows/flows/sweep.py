@@ -94,7 +94,8 @@ def run_in_flow(plan) -> State:
         group_tags,
         hand_over,
     )
-    from caliban_flows.flows.group_runs import handed_over, run_here
+    from caliban_flows.flows.group_runs import run_here
+    from caliban_flows.flows.handover import handed_over
 
     plan = prepare_image(plan)
     if plan.limit is not None:
