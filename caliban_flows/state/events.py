@@ -3,7 +3,6 @@ react to. Sent with httpx to the events endpoint: a push pays no Prefect import.
 
 from __future__ import annotations
 
-import os
 import sys
 
 IMAGE_PUSHED = "caliban.image.pushed"
@@ -62,6 +61,7 @@ def _split_reference(reference: str) -> tuple[str, str]:
 def _emit_image_pushed(reference: str, local_tag: str | None) -> bool:
     from caliban_flows.lean_httpx import httpx
     from caliban_flows.server import backend
+    from caliban_flows.server.health import auth_headers
 
     known = backend.status()
     if not known["running"]:
@@ -73,14 +73,12 @@ def _emit_image_pushed(reference: str, local_tag: str | None) -> bool:
             )
         return False
     url = known["url"].rstrip("/")
-    headers = {}
-    key = os.environ.get("PREFECT_API_KEY")
-    if key and known["mode"] == "external":
-        headers["Authorization"] = f"Bearer {key}"
     local = known["mode"] == "local"
+    if local:  # its secret, for this process and what it starts
+        backend.point_prefect_at(url)
     with httpx.Client(trust_env=not local, timeout=EVENT_TIMEOUT) as http:
         response = http.post(
-            f"{url}/events", json=[image_event(reference, local_tag)], headers=headers
+            f"{url}/events", json=[image_event(reference, local_tag)], headers=auth_headers()
         )
     if response.status_code >= 300:
         raise RuntimeError(f"{url}/events answered {response.status_code}")
