@@ -201,7 +201,7 @@ def world(tmp_path_factory, docker_client):
             "PROJECT_ID": "caliban-test",
             "KUBECONFIG": str(kubeconfig),
         }
-        for name in ("PREFECT_API_URL", "GOOGLE_APPLICATION_CREDENTIALS", "REGION"):
+        for name in ("PREFECT_API_URL", "REGION"):  # (the emulator's key is the ADC)
             env.pop(name, None)
         cli = caliban_runner(project, env)
         try:
