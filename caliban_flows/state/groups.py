@@ -228,7 +228,7 @@ def remote_jobs(runs: Iterable[GroupRun], poll: Callable[[GroupRun], list[Remote
     for place, mine in places.items():
         # Nothing to ask where every run recorded its jobs' end, or recorded no job at all.
         if all((r.final is not None or not r.jobs) and is_remote(r) for r in mine):
-            remote[place] = {(j.key, j.attempt): j for r in mine for j in r.final}
+            remote[place] = {(j.key, j.attempt): j for r in mine for j in r.final or ()}
         else:
             asked[place] = mine[0]
     for place, run in list(asked.items()):
