@@ -22,6 +22,7 @@ SCRIPTS = [
     "sweep_scale.py",
     "k8s_1k.py",
     "serve_round.py",
+    "secret_scan.py",
 ]
 
 
