@@ -61,10 +61,11 @@ def _record_not_submitted(requests: list[JobRequest], reason: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
     from caliban_flows.state import prefect_api, records
+    from caliban_flows.state.groups import final_rows
 
-    rows = [{"key": r.key, "attempt": r.attempt, "remote_id": "", "exit_code": None,
-             "console_url": None, "detail": f"not submitted: {reason}",
-             "state": JobState.FAILED.value} for r in requests]  # fmt: skip
+    detail = f"not submitted: {reason}"
+    rows = final_rows(RemoteJob(r.key, r.attempt, "", JobState.FAILED, detail=detail)
+                      for r in requests)  # fmt: skip
     with prefect_api.client(PREFECT_API_URL.value()) as http:
         records.write(http, [records.final_artifact(flow_run.id, rows)])
 
