@@ -25,7 +25,7 @@ def reconcile_active_groups() -> str:
     logger = get_run_logger()
     platforms = make_platforms()
     done, failed = 0, 0
-    with prefect_api.client(PREFECT_API_URL.value(), timeout=60) as http:
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
         for xgroup in active_xgroups(http):
             unanswered: list[str] = []
             try:  # one unreachable platform must not starve the rest

@@ -77,7 +77,7 @@ def held(
 def _renew(url: str, lease: str, stop: threading.Event) -> None:
     """Keep the lease alive until `stop`; a failed renewal is tried again next time (the lease
     has four renewal periods in it)."""
-    with prefect_api.client(url.rstrip("/"), timeout=10) as http:
+    with prefect_api.client(url.rstrip("/")) as http:
         while not stop.wait(RENEW_EVERY):
             with contextlib.suppress(Exception):
                 http.post(

@@ -22,6 +22,9 @@ REFUSED = (429, 503)
 # a request that can be repeated safely is retried (a read, or a write of the same value).
 LOST = (502, 504)
 RETRY_SECONDS = 30.0  # then the last answer stands, and the caller says so in one line
+# A SQLite-backed server waits up to 60 s for the write lock (Prefect's PRAGMA busy_timeout)
+# before it answers 503; a client that gave up sooner would turn that wait into an error.
+READ_SECONDS = 90.0
 _READS = ("/filter", "/count", "/paginate", "/history")
 
 
@@ -33,13 +36,27 @@ def repeatable(request: httpx.Request) -> bool:
     return request.method == "POST" and request.url.path.rstrip("/").endswith(_READS)
 
 
+def _unanswered(request: httpx.Request) -> tuple[type[Exception], ...]:
+    """Failures after which sending again is safe: never sent, or a repeatable request."""
+    if repeatable(request):
+        return (httpx.TimeoutException, httpx.RemoteProtocolError)
+    return (httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 class _RetryingTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        from tenacity import Retrying, retry_if_result, stop_after_delay, wait_random_exponential
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            retry_if_result,
+            stop_after_delay,
+            wait_random_exponential,
+        )
 
         retry_on = REFUSED + LOST if repeatable(request) else REFUSED
         retrying = Retrying(
-            retry=retry_if_result(lambda response: response.status_code in retry_on),
+            retry=retry_if_result(lambda response: response.status_code in retry_on)
+            | retry_if_exception_type(_unanswered(request)),
             wait=wait_random_exponential(multiplier=0.1, max=3.0),
             stop=stop_after_delay(RETRY_SECONDS),
             retry_error_callback=lambda state: state.outcome.result(),
@@ -126,13 +143,13 @@ def set_state(http: httpx.Client, flow_run_id: str, state: dict) -> None:
     http.post(f"/flow_runs/{flow_run_id}/set_state", json=body).raise_for_status()
 
 
-def client(url: str | None = None, *, timeout: float = 30.0) -> httpx.Client:
+def client(url: str | None = None, *, timeout: float = READ_SECONDS) -> httpx.Client:
     """An httpx client on the Prefect API at `url` (default: PREFECT_API_URL)."""
     url = url or _api_url()
     local = url.startswith(("http://127.0.0.1", "http://localhost"))
     return httpx.Client(
         base_url=url,
-        timeout=timeout,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
         headers=auth_headers(_api_key()),
         transport=_RetryingTransport(verify=not local),  # plain http: no CA bundle to load
         trust_env=not local,  # no proxy for loopback

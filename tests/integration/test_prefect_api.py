@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from caliban_flows.lean_httpx import httpx
 from caliban_flows.state import prefect_api
 from tests.conftest import fresh_python
 
@@ -99,3 +100,57 @@ def test_httpx_comes_without_its_command_line_client(server):
     )
     assert fresh_python(probe, url) == {"code": 200, "cli": [], "main": False}
     assert seen == [("/api/flow_runs/filter", None)]
+
+
+@pytest.fixture
+def slow_server():
+    """Holds its first request unanswered until `release` is set, and answers the rest."""
+    seen: list[str] = []
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append(self.path)
+            if len(seen) == 1:
+                release.wait(60)
+            else:
+                release.set()  # a second request arrived: the first was given up
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/api", seen, release
+    release.set()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_read_left_unanswered_is_asked_again(slow_server):
+    url, seen, _ = slow_server
+    with prefect_api.client(url, timeout=0.5) as http:
+        response = http.post("/flow_runs/filter", json={})
+    assert response.status_code == 200
+    assert seen == ["/api/flow_runs/filter"] * 2
+
+
+def test_a_write_left_unanswered_is_not_sent_twice(slow_server):
+    """It may have been done: creating it again would make two."""
+    url, seen, release = slow_server
+    with prefect_api.client(url, timeout=0.5) as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/artifacts/", json={"key": "x"})
+    release.set()
+    assert seen == ["/api/artifacts/"]
+
+
+def test_the_client_outwaits_a_server_waiting_for_its_database():
+    """Prefect's SQLite server waits up to 60 s for the write lock, then answers 503."""
+    with prefect_api.client("http://127.0.0.1:9/api") as http:
+        assert http.timeout.read is not None and http.timeout.read > 60
