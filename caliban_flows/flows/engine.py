@@ -26,6 +26,7 @@ def run_group(
     parallel: int = 1,
     wait: bool = False,
     limit: dict | None = None,
+    secrets: dict | None = None,
 ) -> int:
     """Run one submission of a group as a flow run; 0 when every job succeeded.
 
@@ -47,6 +48,9 @@ def run_group(
         flow = experiment_group.with_options(
             task_runner=ThreadPoolTaskRunner(max_workers=max(parallel, 1))
         )
+        from caliban_flows.state.secret_blocks import keep
+
+        keep(secrets or {})
         if limit is not None:
             ensure_limit(limit)
         parameters = {
@@ -159,7 +163,7 @@ def run_plan(plan: GroupPlan) -> int:
     if entry.remote:
         check_external_api()  # before building: a dead API must not cost a build and a push
     plan = prepare_image(plan, early=start_backend_early)
-    code = run_group(**plan.group_args())
+    code = run_group(**plan.group_args(), secrets=plan.secrets)
     if code == 0 and entry.remote and not plan.wait:
         print(f"follow them with: caliban status --xgroup {plan.xgroup}", file=sys.stderr)
         hint = entry.follow(plan.placement)

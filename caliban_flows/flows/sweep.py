@@ -96,8 +96,10 @@ def run_in_flow(plan) -> State:
     )
     from caliban_flows.flows.group_runs import run_here
     from caliban_flows.flows.handover import handed_over
+    from caliban_flows.state.secret_blocks import keep
 
     plan = prepare_image(plan)
+    keep(plan.secrets)
     if plan.limit is not None:
         ensure_limit(plan.limit)
     group_flow = experiment_group.with_options(

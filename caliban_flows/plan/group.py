@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SkipValidation
 
 from caliban_flows.plan import placement as places
 from caliban_flows.plan import project as sub
@@ -65,6 +65,9 @@ class GroupPlan(BaseModel):
     specs: list[Any] = Field(default_factory=list, exclude=True)
     entrypoint: Any = Field(default=None, exclude=True)
     placed: Any = Field(default=None, exclude=True)
+    # The values of secret script args (`--api_key X`), which the jobs' args name by
+    # reference: the engine keeps them in Prefect Secret blocks before the run starts.
+    secrets: dict[str, SecretStr] = Field(default_factory=dict, exclude=True)
 
     def group_args(self) -> dict:
         """The group engine's arguments (run_group)."""
@@ -150,6 +153,7 @@ def plan_group(
     next_attempts = {key: n + 1 for key, n in placed.attempts.items()}
     jobs = planned_jobs(xgroup, specs, recipe=runs_what(entrypoint.command()),
                         platform=request.platform, attempts=next_attempts)  # fmt: skip
+    secrets = _hide_secret_args(xgroup, jobs)
     return GroupPlan(
         xgroup=xgroup,
         platform=request.platform,
@@ -162,7 +166,21 @@ def plan_group(
         specs=specs,
         entrypoint=entrypoint,
         placed=placed,
+        secrets=secrets,
     )
+
+
+def _hide_secret_args(xgroup: str, jobs: list[dict]) -> dict[str, SecretStr]:
+    """Each job's secret arg values swapped for references, in place (its key was made from
+    the values, so a rerun is the same job); the values, by reference name."""
+    from caliban_flows.spec.secret_args import block_namer, hide
+
+    name_for = block_namer(xgroup)
+    kept: dict[str, SecretStr] = {}
+    for job in jobs:
+        job["args"], found = hide(job["args"], name_for)
+        kept.update((name, SecretStr(value)) for name, value in found.items())
+    return kept
 
 
 def _place(platform: str, options, *, xgroup: str, probe: bool) -> places.Placed:

@@ -42,9 +42,27 @@ class JobRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     gpu: bool = False
     run_args: tuple[str, ...] = ()  # platform-specific extras, e.g. --docker_run_args
+    # The values of secret script args, by the name `args` refers to them with: put back only
+    # in the command the platform runs (command_args), never in what is printed or labelled.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def command_args(self) -> tuple[str, ...]:
+        """The args the job runs with: every secret reference replaced by its value."""
+        from caliban_flows.spec.secret_args import references, reveal
+
+        if not references(self.args):
+            return self.args
+        return tuple(reveal(self.args, self.secrets.__getitem__))
 
     @classmethod
-    def of(cls, xgroup: str, recipe: Mapping, job: Mapping, placement: Mapping | None = None):
+    def of(
+        cls,
+        xgroup: str,
+        recipe: Mapping,
+        job: Mapping,
+        placement: Mapping | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ):
         """One recorded job of a group, run by its recipe on the run's placement.
 
         Caliban's labels are made here from the recipe and the job's args; jobs recorded
@@ -74,6 +92,7 @@ class JobRequest:
             labels=labels,
             gpu=bool(job.get("gpu", placement.get("gpu", False))),
             run_args=tuple(job.get("run_args", placement.get("run_args", ()))),
+            secrets=secrets or {},
         )
 
 

@@ -8,11 +8,23 @@ found again (`lookup`): caliban keeps them in Prefect Secret blocks.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 
 from caliban_flows.spec.labels import names_a_secret
 
 REFERENCE = "caliban-secret:"  # then the name the value is kept under
+BLOCK_PREFIX = "caliban-arg-"
+
+
+def block_namer(xgroup: str) -> Callable[[str], str]:
+    """Names for a group's values, the same on every submission of the same args (so a rerun
+    finds them): a hash salted with the group, as the job keys are."""
+
+    def name_for(value: str) -> str:
+        return BLOCK_PREFIX + hashlib.sha256(f"{xgroup}\0{value}".encode()).hexdigest()[:24]
+
+    return name_for
 
 
 def _is_flag(arg: str) -> bool:

@@ -73,8 +73,13 @@ class Platforms:
         """Submit some of a run's recorded jobs (queued behind --max_running) by their recipes."""
         import asyncio
 
+        from caliban_flows.state.secret_blocks import values_for
+
         placement = run.placement or {}
-        requests = [JobRequest.of(run.xgroup, run.recipe_of(j), j, placement) for j in jobs]
+        secrets = values_for(jobs)
+        requests = [
+            JobRequest.of(run.xgroup, run.recipe_of(j), j, placement, secrets) for j in jobs
+        ]
         adapter = self.open(run.platform, placement)
         return asyncio.run(
             adapter.submit_all(requests, max_qps=self.max_qps(run.platform, placement))

@@ -82,8 +82,12 @@ def record_jobs(jobs: list[dict], round: int = 1) -> int:
 def expand_sweep(
     xgroup: str, recipes: list[dict], placement: dict, jobs: list[dict]
 ) -> list[JobRequest]:
-    """The group's recorded jobs as platform requests, each by its own recipe."""
-    return [JobRequest.of(xgroup, recipes[j.get("recipe", 0)], j, placement) for j in jobs]
+    """The group's recorded jobs as platform requests, each by its own recipe (and with the
+    values of its secret args, from their Prefect Secret blocks)."""
+    from caliban_flows.state.secret_blocks import values_for
+
+    secrets = values_for(jobs)
+    return [JobRequest.of(xgroup, recipes[j.get("recipe", 0)], j, placement, secrets) for j in jobs]
 
 
 @task(

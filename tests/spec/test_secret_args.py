@@ -45,3 +45,26 @@ def test_a_reference_is_left_as_it_is_and_found_again():
 def test_a_missing_value_fails_loudly():
     with pytest.raises(KeyError):
         reveal(["--api_key", f"{REFERENCE}gone"], {}.__getitem__)
+
+
+def test_the_planner_records_references_and_keeps_the_values(tmp_path, monkeypatch):
+    """The plan's jobs hold references; its keys and the values' names are those of the
+    values, so the same command planned again is the same job and finds the same block."""
+    from caliban_flows.plan.group import GroupRequest, plan_group
+
+    (tmp_path / "train.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    request = GroupRequest(platform="local", module="train.py", options={"nogpu": True},
+                           script_args=["--api_key", "s3cret", "--lr", "0.1"], xgroup="g",
+                           root=str(tmp_path))  # fmt: skip
+    first, second = (plan_group(request, probe=False) for _ in range(2))
+    [job] = first.jobs
+    assert "s3cret" not in repr(first.jobs) and "s3cret" not in first.model_dump_json()
+    [name] = references(job["args"])
+    assert job["args"] == ["--api_key", f"{REFERENCE}{name}", "--lr", "0.1"]
+    assert {n: v.get_secret_value() for n, v in first.secrets.items()} == {name: "s3cret"}
+    assert "s3cret" not in repr(first.secrets)
+    assert second.jobs[0]["key"] == job["key"] and second.jobs[0]["args"] == job["args"]
+    other = plan_group(GroupRequest(**{**request.__dict__, "script_args": ["--api_key", "x"]}),
+                       probe=False)  # fmt: skip
+    assert other.jobs[0]["key"] != job["key"]

@@ -361,7 +361,7 @@ def manifest_for(request: JobRequest, resources: kj.Resources, namespace: str) -
     return kj.job_manifest(
         name=kj.job_name(request.name, request.key, request.attempt),
         image=request.image,
-        args=request.args,
+        args=request.command_args(),
         labels=labels,
         resources=resources,
         namespace=namespace,

@@ -153,7 +153,7 @@ class LocalDocker:
         }
         container = self.client.containers.run(
             request.image,
-            list(request.args),
+            list(request.command_args()),
             detach=True,
             labels=labels,
             ipc_mode="host",

@@ -235,7 +235,7 @@ class Vertex:
         spec = vj.custom_job(
             display_name=request.name,
             image=request.image,
-            args=request.args,
+            args=request.command_args(),
             labels=labels,
             placement=placement,
         )
