@@ -33,6 +33,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import tempfile
 import threading
@@ -44,6 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote
+
+from devtools import k8s_auth
 
 KEY_LABEL = "caliban.dev/job-key"
 # Labels the Job controller puts on a Job's pod template (and so on its pods).
@@ -570,7 +573,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        reply = self.server.emulator._dispatch(self.command, self.path, self.headers, raw)
+        # A client certificate that the client CA signed (else the handshake failed).
+        peer = isinstance(self.connection, ssl.SSLSocket) and bool(self.connection.getpeercert())
+        reply = self.server.emulator._dispatch(self.command, self.path, self.headers, raw, peer)
         if reply.drop:
             self.close_connection = True
             with contextlib.suppress(OSError):
@@ -607,7 +612,16 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, emulator: K8sEmulator):
         self.emulator = emulator
         self.connections: set[socket.socket] = set()
+        ca = emulator.client_ca
+        self.tls = k8s_auth.server_context(ca) if ca is not None else None
         super().__init__(address, _Handler)
+
+    def get_request(self):
+        sock, address = super().get_request()
+        if self.tls is None:
+            return sock, address
+        # The handshake happens in the request's thread, on its first read.
+        return self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)  # skips HTTPServer's reverse DNS lookup
@@ -677,6 +691,7 @@ class K8sEmulator:
         key_label: str = KEY_LABEL,
         token: str = "emulator-token",
         require_auth: bool = False,
+        tls: bool = False,
     ):
         self.port = port
         self.run_containers = run_containers
@@ -684,6 +699,9 @@ class K8sEmulator:
         self.key_label = key_label
         self.token = token
         self.require_auth = require_auth
+        # TLS with the test CA; callers known by token or by a certificate client_ca signed.
+        self.tls = tls
+        self.client_ca = k8s_auth.ClientCA.new() if tls else None
         # Fault knobs: plain attributes (assignment is atomic), read once per request.
         self.sim_step = sim_step
         self.latency = latency
@@ -730,7 +748,7 @@ class K8sEmulator:
 
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     url = host
 
@@ -821,8 +839,10 @@ class K8sEmulator:
         *,
         context: str = CONTEXT,
         namespace: str = DEFAULT_NAMESPACE,
+        user: dict | None = None,
     ) -> Path:
-        """A kubeconfig for this server (a bearer-token user); a temp file when `path` is None."""
+        """A kubeconfig for this server; a temp file when `path` is None. `user`: the user
+        entry (devtools.k8s_auth makes them), by default a bearer token."""
         import yaml
 
         if path is None:
@@ -830,11 +850,14 @@ class K8sEmulator:
                 self._tmpdir = Path(tempfile.mkdtemp(prefix="k8s-emulator-"))
             path = self._tmpdir / "kubeconfig"
         path = Path(path)
+        cluster: dict[str, Any] = {"server": self.host}
+        if self.tls:
+            cluster["certificate-authority-data"] = k8s_auth.ca_data()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": context, "cluster": {"server": self.host}}],
-            "users": [{"name": f"{context}-user", "user": {"token": self.token}}],
+            "clusters": [{"name": context, "cluster": cluster}],
+            "users": [{"name": f"{context}-user", "user": user or {"token": self.token}}],
             "contexts": [
                 {
                     "name": context,
@@ -864,7 +887,9 @@ class K8sEmulator:
 
     # ----------------------------------------------------------------- request handling
 
-    def _dispatch(self, method: str, target: str, headers, raw: bytes) -> _Reply:
+    def _dispatch(
+        self, method: str, target: str, headers, raw: bytes, peer_verified: bool = False
+    ) -> _Reply:
         started = time.perf_counter()
         path, _, qs = target.partition("?")
         path = unquote(path).rstrip("/") or "/"
@@ -895,7 +920,9 @@ class K8sEmulator:
         if self.latency > 0:
             time.sleep(self.latency)
 
-        if self.require_auth and headers.get("Authorization") != f"Bearer {self.token}":
+        if self.require_auth and not (
+            peer_verified or headers.get("Authorization") == f"Bearer {self.token}"
+        ):
             reply = self._error_reply(ApiError(401, "Unauthorized", "Unauthorized"))
         elif fault is not None:
             reply = self._error_reply(fault)
