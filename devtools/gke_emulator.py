@@ -1,11 +1,13 @@
 """A GKE ClusterManager emulator (cluster and operation RPCs) on the real gRPC wire protocol.
 
-The real `google.cloud.container_v1.ClusterManagerClient` talks to it over an insecure loopback
-channel (`client_options` with only an api_endpoint would still try TLS):
+Like GKE it serves TLS only (devtools.test_pki's CA signs its certificate) and refuses with
+UNAUTHENTICATED a call without a valid credential: a self-signed JWT of a service-account key it
+trusts (`new_key()`). The real `google.cloud.container_v1.ClusterManagerClient` reaches it as it
+reaches Google, given `client_env(key)` ($CALIBAN_GKE_ENDPOINT, the CA roots, the key as ADC):
 
     with GkeEmulator(op_seconds=0.2, quota={"nvidia-tesla-t4": 8}) as emu:
-        channel = grpc.insecure_channel(emu.endpoint)
-        client = ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
+        client = ClusterManagerClient(credentials=..., client_options={"api_endpoint":
+                                      emu.endpoint})
 
 CreateCluster and DeleteCluster answer with an Operation that is RUNNING for `op_seconds` and
 then DONE; meanwhile the cluster is PROVISIONING (then RUNNING) or STOPPING (then gone).
@@ -26,20 +28,27 @@ import datetime as dt
 import json
 import random
 import re
+import shlex
 import signal
+import ssl
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.cloud import container_v1
 
+from devtools import test_pki
+
 SERVICE = "google.container.v1.ClusterManager"
 API = "https://container.googleapis.com/v1"
+# What a service-account JWT may be issued for (its scope claim, cloud-platform, also does).
+AUDIENCES = ("https://container.googleapis.com/", "https://compute.googleapis.com/")
 
 ClusterStatus = container_v1.Cluster.Status
 PoolStatus = container_v1.NodePool.Status
@@ -237,7 +246,7 @@ def _check_quota(autoscaling: Any, quota: dict[str, int], location: str) -> None
 # --------------------------------------------------------------------------- the emulator
 
 
-class GkeEmulator:
+class GkeEmulator(test_pki.GoogleService):
     """The ClusterManager service on 127.0.0.1:`port` (0 = a free port). See the module docs."""
 
     def __init__(
@@ -270,12 +279,24 @@ class GkeEmulator:
         self._calls: collections.Counter[str] = collections.Counter()
         self._held = False
         self._server: grpc.Server | None = None
+        test_pki.GoogleService.__init__(self, AUDIENCES)
 
     # ----------------------------------------------------------------- lifecycle
 
     @property
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def client_env(self, key_path: str | Path, compute: ComputeQuotaEmulator | None = None):
+        """What a process needs to reach this emulator (and `compute`) as caliban reaches GKE."""
+        env = {
+            "CALIBAN_GKE_ENDPOINT": self.endpoint,
+            "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(self.ca_file),
+            "GOOGLE_APPLICATION_CREDENTIALS": str(key_path),
+        }
+        if compute is not None:
+            env.update(CALIBAN_COMPUTE_ENDPOINT=compute.url, REQUESTS_CA_BUNDLE=str(self.ca_file))
+        return env
 
     def start(self) -> GkeEmulator:
         if self._server is not None:
@@ -305,7 +326,8 @@ class GkeEmulator:
             options=[("grpc.so_reuseport", 0)],
         )
         server.add_generic_rpc_handlers((generic,))
-        bound = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        tls = grpc.ssl_server_credentials([(self._tls.server_key, self._tls.server_cert)])
+        bound = server.add_secure_port(f"127.0.0.1:{self.port}", tls)
         if bound == 0:
             raise RuntimeError(f"gke emulator: cannot listen on 127.0.0.1:{self.port}")
         self.port = bound
@@ -328,11 +350,14 @@ class GkeEmulator:
 
     def _with_faults(self, method: str, fn):
         def handler(request, context):
+            denied = self._keys.refusal(context.invocation_metadata())
             with self._lock:
                 self._calls[method] += 1
-                fail = self._draw_fault(method)
+                fail = not denied and self._draw_fault(method)
             if self.latency > 0:
                 time.sleep(self.latency)
+            if denied is not None:  # before any work, as Google does
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, denied)
             if fail:
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"injected UNAVAILABLE on {method}")
             try:
@@ -576,19 +601,28 @@ class ComputeQuotaEmulator:
     which `caliban cluster create` reads to set node-autoprovisioning limits.
 
     `quotas` maps (project, region) or a region alone to {metric: limit}, e.g.
-    {"us-central1": {"CPUS": 72, "NVIDIA_T4_GPUS": 4}}. Unknown regions are 404s.
+    {"us-central1": {"CPUS": 72, "NVIDIA_T4_GPUS": 4}}. Unknown regions are 404s. HTTPS only
+    (the test CA), and a request without a valid service-account JWT is a 401.
     """
 
-    def __init__(self, quotas: dict, zones: tuple[str, ...] = ("a", "b", "c", "f")):
+    def __init__(
+        self,
+        quotas: dict,
+        zones: tuple[str, ...] = ("a", "b", "c", "f"),
+        *,
+        trust: test_pki.GoogleService | None = None,
+    ):
         self.quotas = quotas
         self.zones = zones
+        # The keys it accepts: those of `trust` (the GKE emulator's), or a ring of its own.
+        self.service = trust or test_pki.GoogleService(AUDIENCES)
         self.requests: list[str] = []
         self._server: ThreadingHTTPServer | None = None
 
     @property
     def url(self) -> str:
         assert self._server is not None, "start() first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"https://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> ComputeQuotaEmulator:
         emulator = self
@@ -603,8 +637,12 @@ class ComputeQuotaEmulator:
             def do_GET(self) -> None:
                 emulator.requests.append(self.path)
                 found = re.fullmatch(r"/compute/v1/projects/([^/]+)/regions/([^/?]+)", self.path)
+                given = self.headers.get_all("Authorization") or []
+                denied = emulator.service._keys.refusal([("authorization", v) for v in given])
                 body, code = emulator._region(*found.groups()) if found else (None, 404)
-                if body is None:
+                if denied is not None:
+                    body, code = {"error": {"code": 401, "message": denied}}, 401
+                elif body is None:
                     body = {"error": {"code": 404, "message": f"not found: {self.path}"}}
                 data = json.dumps(body).encode()
                 self.send_response(code)
@@ -614,6 +652,11 @@ class ComputeQuotaEmulator:
                 self.wfile.write(data)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        chain = test_pki.scratch_dir() / "compute-server.pem"
+        chain.write_bytes(self.service._tls.server_cert + self.service._tls.server_key)
+        tls.load_cert_chain(chain)
+        self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -685,7 +728,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
     )
     with emulator:
-        print(emulator.endpoint, flush=True)
+        # The endpoint, then the environment a client needs, as NAME=value lines for a shell.
+        env = emulator.client_env(emulator.new_key())
+        lines = [emulator.endpoint, *(f"{name}={shlex.quote(v)}" for name, v in env.items())]
+        print("\n".join(lines), flush=True)
         while not done.wait(1):
             pass
     return 0

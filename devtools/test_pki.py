@@ -298,3 +298,38 @@ def _b64json(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _invalid("JWT part is not a JSON object")
     return value
+
+
+class GoogleService:
+    """What a stand-in for a Google API shares: the process's test CA and server certificate,
+    and the service-account keys it accepts (a KeyRing)."""
+
+    project = "caliban-test"
+
+    def __init__(self, audiences: tuple[str, ...]):
+        self._tls, self.ca_file = shared_tls()
+        self._keys = KeyRing(audiences)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate that signed the server's (the content of `ca_file`)."""
+        return self._tls.ca_cert
+
+    def new_key(
+        self, path: str | Path | None = None, *, trusted: bool = True, email: str | None = None
+    ) -> Path:
+        """Write a new service-account key file at `path` (None: in the process's scratch
+        directory); the service accepts it if `trusted`."""
+        info = new_service_account_key(self.project, email)
+        if trusted:
+            self._keys.trust(info)
+        path = path or scratch_dir() / f"key-{info['private_key_id'][:12]}.json"
+        return write_key(path, info)
+
+    def trust(self, key_path: str | Path) -> None:
+        """Accept the JWTs that an existing key file signs."""
+        self._keys.trust(read_key(key_path))
+
+    def revoke(self, key_path: str | Path) -> None:
+        """Stop accepting a key, as when it is deleted from its service account."""
+        self._keys.revoke(read_key(key_path)["private_key_id"])

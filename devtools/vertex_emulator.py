@@ -213,8 +213,10 @@ def _decode_token(token: str) -> int:
 # --------------------------------------------------------------------------- the emulator
 
 
-class VertexEmulator:
+class VertexEmulator(test_pki.GoogleService):
     """The JobService on 127.0.0.1:`port` (0 = a free port). See the module docstring."""
+
+    project = PROJECT
 
     def __init__(
         self,
@@ -263,8 +265,7 @@ class VertexEmulator:
 
         # The process's test CA (see test_pki.shared_tls), so restart() serves what clients
         # trust and one roots file covers every emulator of a process.
-        self._tls, self.ca_file = test_pki.shared_tls()
-        self._keys = test_pki.KeyRing(AUDIENCES)
+        test_pki.GoogleService.__init__(self, AUDIENCES)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -272,31 +273,7 @@ class VertexEmulator:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def ca_pem(self) -> bytes:
-        """The CA certificate that signed the server's (the content of `ca_file`)."""
-        return self._tls.ca_cert
-
     # ----------------------------------------------------------------- credentials
-
-    def new_key(
-        self, path: str | Path | None = None, *, trusted: bool = True, email: str | None = None
-    ) -> Path:
-        """Write a new service-account key file at `path` (None: in the process's scratch
-        directory); the emulator accepts it if `trusted`."""
-        info = test_pki.new_service_account_key(PROJECT, email)
-        if trusted:
-            self._keys.trust(info)
-        path = path or test_pki.scratch_dir() / f"key-{info['private_key_id'][:12]}.json"
-        return test_pki.write_key(path, info)
-
-    def trust(self, key_path: str | Path) -> None:
-        """Accept the JWTs that an existing key file signs."""
-        self._keys.trust(test_pki.read_key(key_path))
-
-    def revoke(self, key_path: str | Path) -> None:
-        """Stop accepting a key, as when it is deleted from its service account."""
-        self._keys.revoke(test_pki.read_key(key_path)["private_key_id"])
 
     def client_env(self, key_path: str | Path) -> dict[str, str]:
         """What a process needs to reach this emulator as caliban reaches Vertex."""

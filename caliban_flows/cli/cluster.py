@@ -154,7 +154,7 @@ def submit(
         cluster_block=cluster_block, cluster_name=cluster_name, project_id=project_id,
         zone=zone, min_cpu=min_cpu, min_mem=min_mem, tpu_driver=tpu_driver,
         nonpreemptible_tpu=nonpreemptible_tpu, nonpreemptible=nonpreemptible,
-        backoff_limit=backoff_limit,
+        backoff_limit=backoff_limit, cloud_key=cloud_key,
     )  # fmt: skip
     p = submit_plan("cluster job submit", module, rest, options,
                     experiment_config=experiment_config, xgroup=xgroup, name=name,
@@ -218,10 +218,12 @@ def submit_file(
     cluster_block: ClusterBlock = None,
 ) -> None:
     """Submit a Job manifest you wrote or exported, after checking it."""
+    from caliban_flows.plan.kubernetes import key_credentials
     from caliban_flows.platforms.kubernetes.adapter import console_url
     from caliban_flows.spec.k8s_job import check_job_file
 
     manifest = check_job_file(_load_manifest(job_file), job_file)
+    key_credentials(cloud_key)  # checked as everywhere; the Job goes by the kubeconfig's user
     platform = _target(
         context=context,
         namespace=namespace,

@@ -52,10 +52,12 @@ def ls(
     project = project_id or sub.env_default("PROJECT_ID")
     if project is None:
         return
+    from caliban_flows.plan.kubernetes import key_credentials
     from caliban_flows.platforms.kubernetes.gke import Gke, GkeError, limits_of
 
+    credentials = key_credentials(cloud_key)
     try:
-        clusters = Gke(project).clusters(zone or "-")
+        clusters = Gke(project, credentials=credentials).clusters(zone or "-")
     except GkeError as e:
         why = f"cannot list the GKE clusters of project {project!r}: {e}"
         if project_id:  # asked for by name: a failure
@@ -97,11 +99,12 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
     Console(width=200, soft_wrap=True).print(table)
 
 
-def _gke(project_id: str | None):
+def _gke(project_id: str | None, cloud_key: str | None):
     from caliban_flows.plan import gcloud
+    from caliban_flows.plan.kubernetes import key_credentials
     from caliban_flows.platforms.kubernetes.gke import Gke
 
-    return Gke(gcloud.project_id(project_id))
+    return Gke(gcloud.project_id(project_id), credentials=key_credentials(cloud_key))
 
 
 def create(
@@ -130,7 +133,7 @@ def create(
     gs.check_cluster_name(cluster_name)
     where = zone or "us-central1-a"
     region = gs.region_of(where)
-    gke = _gke(project_id)
+    gke = _gke(project_id, cloud_key)
     try:
         quotas, zones = gke.quotas(region)
     except GkeError as e:
@@ -176,7 +179,7 @@ def delete(
     from caliban_flows.cli.output import confirm as _confirm
     from caliban_flows.platforms.kubernetes.gke import GkeError
 
-    gke = _gke(project_id)
+    gke = _gke(project_id, cloud_key)
     try:
         cluster = gke.find(cluster_name, zone)
     except GkeError as e:

@@ -97,14 +97,26 @@ def _gke_context(cluster_name: str, project: str | None, zone: str | None, names
     raise SpecError(f"several contexts match cluster {cluster_name!r}: {', '.join(found)}")
 
 
-def check_gpu_limits(gke: dict, gpu) -> None:
+def key_credentials(cloud_key: str | None):
+    """The GKE API's credentials: --cloud_key's service-account key once it reads as one
+    (SpecError, one line, if not), else None (the application default)."""
+    if not cloud_key:
+        return None
+    from caliban_flows.plan.inputs import service_account_key
+    from caliban_flows.platforms.gcp_credentials import from_key_file
+
+    return from_key_file(service_account_key(cloud_key))
+
+
+def check_gpu_limits(gke: dict, gpu, credentials=None) -> None:
     """Caliban refused GPUs the GKE cluster could never provision."""
     from caliban_flows.platforms.kubernetes.gke import Gke, GkeError, limits_of
     from caliban_flows.spec import gke as gs
     from caliban_flows.spec.k8s_job import gke_accelerator
 
     try:
-        cluster = Gke(gke["project"]).cluster(gke["location"], gke["cluster"])
+        found = Gke(gke["project"], credentials=credentials)
+        cluster = found.cluster(gke["location"], gke["cluster"])
     except GkeError as e:
         raise CalibanError(
             f"cannot read GKE cluster {gke['cluster']!r} to check --gpu_spec ({e}); "

@@ -95,6 +95,9 @@ class KubernetesOptions(RemoteOptions):
     nonpreemptible_tpu: bool = Field(False, description="Non-preemptible TPUs.")
     nonpreemptible: bool = Field(False, description="Non-preemptible (non-spot) GKE nodes.")
     backoff_limit: int | None = Field(None, ge=0, description="Pod retries before a Job fails.")
+    cloud_key: str | None = Field(
+        None, description="Service-account key file for the GKE API (the GPU limit check)."
+    )
 
 
 PlatformOptions = LocalOptions | VertexOptions | KubernetesOptions

@@ -87,7 +87,7 @@ def vertex(options: VertexOptions, *, probe: bool) -> Placed:
 
 
 def kubernetes(options: KubernetesOptions, *, probe: bool) -> Placed:
-    from caliban_flows.plan.kubernetes import check_gpu_limits, target
+    from caliban_flows.plan.kubernetes import check_gpu_limits, key_credentials, target
     from caliban_flows.platforms.kubernetes.adapter import gke_of
     from caliban_flows.spec import k8s_job as kj
 
@@ -123,7 +123,7 @@ def kubernetes(options: KubernetesOptions, *, probe: bool) -> Placed:
     if probe:
         where.connect(resources)  # a kubeconfig with no context to use: jobs must go somewhere
         if gke and gpu and not options.force:
-            check_gpu_limits(gke, gpu)
+            check_gpu_limits(gke, gpu, key_credentials(options.cloud_key))
     recorded = {
         "context": where.context,
         "namespace": where.namespace,

@@ -35,7 +35,7 @@ def gke(tmp_path, caliban_home):
     (tmp_path / "trainer" / "train.py").write_text("print('hi')\n")
     with (
         GkeEmulator(op_seconds=0.3) as clusters,
-        ComputeQuotaEmulator(QUOTAS) as compute,
+        ComputeQuotaEmulator(QUOTAS, trust=clusters) as compute,
         K8sEmulator(run_containers=False, sim_step=0.05) as kube,
     ):
         context = f"gke_{PROJECT}_us-central1_c1"  # as gcloud get-credentials names it
@@ -44,8 +44,7 @@ def gke(tmp_path, caliban_home):
             **os.environ,
             "CALIBAN_HOME": str(caliban_home),
             "HOME": str(tmp_path / "home"),
-            "CALIBAN_GKE_ENDPOINT": clusters.endpoint,
-            "CALIBAN_COMPUTE_ENDPOINT": compute.url,
+            **clusters.client_env(clusters.new_key(), compute),
             "KUBECONFIG": str(kubeconfig),
             "CALIBAN_REGISTRY": "127.0.0.1:5000",
             "PROJECT_ID": PROJECT,
@@ -126,3 +125,31 @@ def test_bad_cluster_management_is_one_line(gke, args, needle):
     done = cli("cluster", *args)
     assert done.returncode in (1, 2), done.stdout + done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and needle in done.stderr, done.stderr
+
+
+def test_cloud_key_is_the_identity_cluster_commands_use(gke, tmp_path):
+    """The environment's key is one GKE does not know; --cloud_key names one it trusts."""
+    clusters, kube, cli = gke
+    key = clusters.new_key(tmp_path / "sa.json")
+    env = {**cli.env, "GOOGLE_APPLICATION_CREDENTIALS": str(clusters.new_key(trusted=False))}
+    refused = cli("cluster", "ls", "--project_id", PROJECT, env=env)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    made = cli("cluster", "create", "--cluster_name", "c1", "--zone", "us-central1-a",
+               "--cloud_key", str(key), env=env)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    listed = cli("cluster", "ls", "--project_id", PROJECT, "--cloud_key", str(key), env=env)
+    assert listed.returncode == 0 and "c1 " in listed.stdout, listed.stderr
+    # job submit's GPU check asks GKE with the key too; without it, that check is refused.
+    submit = ("cluster", "job", "submit", "--cluster_name", "c1", "--gpu_spec", "8xT4",
+              "--image_tag", IMAGE, "trainer.train")  # fmt: skip
+    checked = cli(*submit[:3], "--cloud_key", str(key), *submit[3:], env=env)
+    assert checked.returncode == 2 and "at most 4" in checked.stderr, checked.stderr
+    unchecked = cli(*submit, env=env)
+    assert unchecked.returncode == 1 and "cannot read GKE cluster" in unchecked.stderr
+    bad = cli(*submit[:3], "--cloud_key", str(tmp_path / "missing.json"), *submit[3:], env=env)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert kube.jobs() == []
+    gone = cli("cluster", "delete", "--cluster_name", "c1", "--yes", "--cloud_key", str(key),
+               env=env)  # fmt: skip
+    assert gone.returncode == 0, gone.stderr

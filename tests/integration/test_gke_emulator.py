@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 from google.api_core import exceptions
 from google.cloud import container_v1 as v1
@@ -18,6 +17,7 @@ from google.cloud.container_v1.services.cluster_manager.transports.grpc import (
 
 from devtools.gke_emulator import GkeEmulator
 from tests.conftest import wait_for
+from tests.integration.test_vertex_emulator import client_auth
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "emu-project"
@@ -70,11 +70,26 @@ def emu():
         yield emulator
 
 
+def tls_client(emu: GkeEmulator, endpoint: str | None = None) -> v1.ClusterManagerClient:
+    """Over TLS (the emulator's CA), with a service-account key it trusts."""
+    auth = client_auth(endpoint or emu.endpoint, emu.new_key(), emu.ca_pem)
+    return v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(**auth))
+
+
 @pytest.fixture
 def client(emu):
-    channel = grpc.insecure_channel(emu.endpoint)
-    yield v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
-    channel.close()
+    made = tls_client(emu)
+    yield made
+    made.transport.close()
+
+
+def test_a_call_without_a_trusted_key_is_refused(emu) -> None:
+    stranger = GkeEmulator()  # its keys are not `emu`'s
+    auth = client_auth(emu.endpoint, stranger.new_key(), emu.ca_pem)
+    client = v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(**auth))
+    with pytest.raises(exceptions.Unauthenticated):
+        client.list_clusters(parent=PARENT)
+    assert emu.calls()["ListClusters"] == 1  # counted, and refused before any work
 
 
 def create(client, cluster: v1.Cluster, parent: str = PARENT) -> v1.Operation:
@@ -350,13 +365,16 @@ def test_command_line_server() -> None:
     try:
         endpoint = proc.stdout.readline().strip()
         assert endpoint.startswith("127.0.0.1:")
-        channel = grpc.insecure_channel(endpoint)
-        client = v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(channel=channel))
+        env = dict(proc.stdout.readline().strip().split("=", 1) for _ in range(3))
+        key = Path(env["GOOGLE_APPLICATION_CREDENTIALS"])
+        ca = Path(env["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"]).read_bytes()
+        auth = client_auth(endpoint, key, ca)
+        client = v1.ClusterManagerClient(transport=ClusterManagerGrpcTransport(**auth))
         with pytest.raises(exceptions.FailedPrecondition):
             create(client, make_cluster(gpus={"nvidia_tesla_t4": 3}))
         wait_done(client, create(client, make_cluster("cli")))
         assert client.get_cluster(name=f"{PARENT}/clusters/cli").status == CS.RUNNING
-        channel.close()
+        client.transport.close()
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0

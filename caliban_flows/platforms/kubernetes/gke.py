@@ -1,8 +1,8 @@
 """GKE cluster management: google-cloud-container's ClusterManager, and Compute Engine quotas.
 
-With $CALIBAN_GKE_ENDPOINT (host:port) the client speaks plain gRPC to an emulator on this
-machine, and with $CALIBAN_COMPUTE_ENDPOINT (http://host:port) quotas are read from one;
-otherwise both use the user's application-default credentials.
+Both go to Google unless $CALIBAN_GKE_ENDPOINT (host:port) or $CALIBAN_COMPUTE_ENDPOINT
+(https://host:port) names another endpoint that speaks the API (a private one, an emulator);
+either way over TLS, with the --cloud_key key or the user's application-default credentials.
 """
 
 from __future__ import annotations
@@ -39,17 +39,12 @@ class Gke:
         if self._client is None:
             from google.cloud import container_v1
 
-            if self.endpoint:
-                import grpc
-                from google.cloud.container_v1.services.cluster_manager.transports.grpc import (
-                    ClusterManagerGrpcTransport,
-                )
-
-                channel = grpc.insecure_channel(self.endpoint)
-                transport = ClusterManagerGrpcTransport(channel=channel)
-                self._client = container_v1.ClusterManagerClient(transport=transport)
-            else:
-                self._client = container_v1.ClusterManagerClient(credentials=self.credentials)
+            # One path for Google and anything else that speaks the API (a private endpoint,
+            # an emulator): TLS with the system's CA roots or $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
+            self._client = container_v1.ClusterManagerClient(
+                credentials=self.credentials,
+                client_options={"api_endpoint": self.endpoint} if self.endpoint else None,
+            )
         return self._client
 
     def _path(self, location: str, name: str | None = None) -> str:
@@ -114,19 +109,12 @@ class Gke:
         """Compute Engine's regions.get: {"quotas": [{metric, limit, usage}], "zones": [...]}."""
         url = f"{self.compute or COMPUTE_API}/compute/v1/projects/{self.project}/regions/{region}"
         try:
-            if self.compute:
-                import httpx
+            from google.auth.transport.requests import AuthorizedSession
 
-                emulated = httpx.get(url, timeout=CALL_TIMEOUT, trust_env=False)
-                status, body = emulated.status_code, emulated.json()
-            else:
-                import google.auth
-                from google.auth.transport.requests import AuthorizedSession
+            from caliban_flows.platforms.gcp_credentials import for_rest
 
-                scopes = ["https://www.googleapis.com/auth/cloud-platform"]
-                credentials = self.credentials or google.auth.default(scopes=scopes)[0]
-                real = AuthorizedSession(credentials).get(url, timeout=CALL_TIMEOUT)
-                status, body = real.status_code, real.json()
+            answer = AuthorizedSession(for_rest(self.credentials)).get(url, timeout=CALL_TIMEOUT)
+            status, body = answer.status_code, answer.json()
         except Exception as e:
             raise GkeError(f"cannot read the quotas of {region}: {_first_line(e)}") from None
         if status != 200:

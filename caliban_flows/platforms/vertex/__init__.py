@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from caliban_flows.platforms.registry import PlatformEntry
 
-CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 DEFAULT_MAX_QPS = 5.0  # well under the default per-region job-submission quotas
 
 
@@ -13,11 +12,9 @@ def _open(placement: dict):
 
     credentials = None
     if placement.get("credentials_file"):  # --cloud_key
-        from google.oauth2 import service_account
+        from caliban_flows.platforms.gcp_credentials import from_key_file
 
-        credentials = service_account.Credentials.from_service_account_file(
-            placement["credentials_file"], scopes=[CLOUD_PLATFORM]
-        )
+        credentials = from_key_file(placement["credentials_file"])
     elif placement.get("credentials_block"):  # a key kept in a Vertex settings block
         from caliban_flows.blocks.vertex import credentials_from_block
 
