@@ -24,9 +24,12 @@ class Format(str, Enum):
     csv = "csv"
 
 
-def _rows(xgroup: str | None) -> tuple[list, list[dict], list[str]]:
+def _rows(
+    xgroup: str | None, credentials_file: str | None = None
+) -> tuple[list, list[dict], list[str]]:
     """The groups' runs and job rows, and one line per platform place that did not answer
-    (printed at once: its jobs show as UNKNOWN)."""
+    (printed at once: its jobs show as UNKNOWN). `credentials_file`: a key to use in place of
+    the one a run recorded."""
     from caliban_flows.lean_httpx import httpx
     from caliban_flows.server import backend
     from caliban_flows.server.ready import prefect_ready
@@ -46,7 +49,7 @@ def _rows(xgroup: str | None) -> tuple[list, list[dict], list[str]]:
 
     try:
         with prefect_api.client(url) as http:
-            runs, rows = reconcile(http, platforms(), xgroup, warn=warn)
+            runs, rows = reconcile(http, platforms(credentials_file), xgroup, warn=warn)
             return runs, rows, warnings
     except PlatformError as e:
         raise CalibanError(str(e)) from None
@@ -151,11 +154,16 @@ def _frame(rows: list[dict], format: Format) -> None:
         print(frame[cols].to_string(index=False) if rows else "no jobs")
 
 
-def _latest(xgroup: str) -> tuple[list, list[dict]]:
-    """The group's runs and the newest attempt of each of its experiments."""
-    runs, rows, _ = _rows(xgroup)
+def _latest(
+    xgroup: str, credentials_file: str | None = None, *, every_place: bool = False
+) -> tuple[list, list[dict]]:
+    """The group's runs and the newest attempt of each of its experiments. `every_place`:
+    a platform place that did not answer is an error, not UNKNOWN rows."""
+    runs, rows, unanswered = _rows(xgroup, credentials_file)
     if not runs:
         raise SpecError(f"no experiment group named {xgroup!r}")
+    if every_place and unanswered:
+        raise CalibanError(f"cannot tell which jobs of xgroup {xgroup!r} to rerun: nothing done")
     return runs, _limit(rows, xgroup, 1)
 
 
@@ -202,13 +210,16 @@ def resubmit(
     yes: o.Yes = False,
 ) -> None:
     """Rebuild from the current code and rerun the group's failed and stopped jobs."""
-    runs, latest = _latest(xgroup)
+    from caliban_flows.plan.inputs import service_account_key
+
+    key = service_account_key(cloud_key) if cloud_key else None
+    runs, latest = _latest(xgroup, key, every_place=True)
     wanted = latest if all_jobs else [r for r in latest if r["state"] in ("FAILED", "STOPPED")]
     if not _ask(wanted, "resubmit", "failed or stopped", xgroup, dry_run=dry_run, yes=yes):
         return
     from caliban_flows.flows.resubmit import resubmit as rerun
 
-    raise typer.Exit(rerun(runs, wanted))
+    raise typer.Exit(rerun(runs, wanted, credentials_file=key))
 
 
 def register(app: typer.Typer) -> None:

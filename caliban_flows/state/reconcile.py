@@ -35,8 +35,17 @@ class PlatformError(RuntimeError):
 class Platforms:
     """One adapter per platform and place, for a whole command or service round."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials_file: str | None = None) -> None:
         self._clients: dict[tuple, Platform] = {}
+        # A key given now (`caliban resubmit --cloud_key`) in place of the one a run recorded.
+        self.credentials_file = credentials_file
+
+    def placement_of(self, run: GroupRun) -> dict:
+        """The run's recorded placement, with the key given now if it records one."""
+        placement = run.placement or {}
+        if self.credentials_file and "credentials_file" in placement:
+            return {**placement, "credentials_file": self.credentials_file}
+        return placement
 
     @staticmethod
     def open(platform: str, placement: dict) -> Platform:
@@ -51,7 +60,7 @@ class Platforms:
         key = where(run)[:-1]
         if key not in self._clients:
             try:
-                self._clients[key] = self.open(run.platform, run.placement or {})
+                self._clients[key] = self.open(run.platform, self.placement_of(run))
             except PlatformError:
                 raise
             except Exception as e:  # e.g. no engine, a kubeconfig without the recorded context
@@ -75,7 +84,7 @@ class Platforms:
 
         from caliban_flows.state.secret_blocks import values_for
 
-        placement = run.placement or {}
+        placement = self.placement_of(run)
         secrets = values_for(jobs)
         requests = [
             JobRequest.of(run.xgroup, run.recipe_of(j), j, placement, secrets) for j in jobs

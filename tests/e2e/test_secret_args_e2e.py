@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools import test_pki
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import BIN, caliban_runner
 from tests.e2e.test_vertex_e2e import IMAGE, api_url
@@ -132,6 +133,11 @@ def test_secret_values_reach_the_job_and_nothing_kept_holds_them(cli, project, d
     )
     assert again.returncode == 0, again.stderr
     assert _found(again.stdout + again.stderr) == []
+    # A key for the rerun means nothing to local containers: refused, not ignored.
+    key = test_pki.write_key(project.parent / "sa.json", test_pki.new_service_account_key("p"))
+    keyed = cli("resubmit", "--xgroup", xgroup, "--all_jobs", "--yes", "--cloud_key", str(key),
+                env={**cli.env, "TOKEN": TOKEN})  # fmt: skip
+    assert keyed.returncode == 2 and "--cloud_key applies to" in keyed.stderr, keyed.stderr
 
     containers = docker_client.containers.list(
         all=True, filters={"label": f"caliban.xgroup={xgroup}"}

@@ -417,3 +417,20 @@ def test_cloud_key_is_the_identity_jobs_are_submitted_with(simulated, project, t
     shown = cli("status", "--xgroup", xgroup, "--format", "json", env=env)
     assert shown.returncode == 0, shown.stderr
     assert [r["state"] for r in json.loads(shown.stdout)] == ["RUNNING"]
+
+    # The key is deleted from its account after the job failed: a resubmit with a new key
+    # (--cloud_key) lists and reruns with that one, and records it for what comes after.
+    emulator.finish(emulator.jobs()[-1].name, "JOB_STATE_FAILED")
+    emulator.revoke(accepted)
+    renewed = emulator.new_key(tmp_path / "renewed.json")
+    stale = cli("resubmit", "--xgroup", xgroup, "--yes", env=env)
+    assert stale.returncode == 1 and "Traceback" not in stale.stderr, stale.stderr
+    assert len(emulator.jobs()) == created + 1
+    missing = cli("resubmit", "--xgroup", xgroup, "--yes", "--cloud_key", "missing.json")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    again = cli("resubmit", "--xgroup", xgroup, "--yes", "--cloud_key", str(renewed), env=env)
+    assert again.returncode == 0, again.stderr
+    assert len(emulator.jobs()) == created + 2
+    shown = cli("status", "--xgroup", xgroup, "--format", "json", "--max_jobs", "2", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert sorted(r["attempt"] for r in json.loads(shown.stdout)) == [1, 2]
