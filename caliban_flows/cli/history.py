@@ -24,12 +24,27 @@ class Format(str, Enum):
     csv = "csv"
 
 
+def _users(user: str | None, all_users: bool) -> frozenset[str] | None:
+    """Whose groups a command acts on: yours, `--user NAME`'s, or everyone's (None)."""
+    if user is not None and all_users:
+        raise SpecError("give --user NAME or --all_users, not both")
+    if all_users:
+        return None
+    if user is not None:
+        if not user.strip():
+            raise SpecError("--user must not be empty")
+        return frozenset({user})
+    from caliban_flows.plan.inputs import current_user
+
+    return frozenset({current_user()})
+
+
 def _rows(
-    xgroup: str | None, credentials_file: str | None = None
+    xgroup: str | None, credentials_file: str | None = None, users: frozenset[str] | None = None
 ) -> tuple[list, list[dict], list[str]]:
     """The groups' runs and job rows, and one line per platform place that did not answer
     (printed at once: its jobs show as UNKNOWN). `credentials_file`: a key to use in place of
-    the one a run recorded."""
+    the one a run recorded; `users`: whose runs (None: everyone's)."""
     from caliban_flows.lean_httpx import httpx
     from caliban_flows.server import backend
     from caliban_flows.server.ready import prefect_ready
@@ -49,7 +64,9 @@ def _rows(
 
     try:
         with prefect_api.client(url) as http:
-            runs, rows = reconcile(http, platforms(credentials_file), xgroup, warn=warn)
+            runs, rows = reconcile(
+                http, platforms(credentials_file), xgroup, warn=warn, users=users
+            )
             return runs, rows, warnings
     except PlatformError as e:
         raise CalibanError(str(e)) from None
@@ -80,9 +97,13 @@ def _text(rows: list[dict]) -> str:
     """Caliban's hierarchy: xgroup, experiment (entry point and args), its jobs: one run of
     it per platform, the latest attempts."""
     lines: list[str] = []
-    for xgroup in dict.fromkeys(r["xgroup"] for r in rows):
-        lines.append(f"xgroup {xgroup}:")
-        group = [r for r in rows if r["xgroup"] == xgroup]
+    from caliban_flows.plan.inputs import current_user
+
+    me = current_user()
+    for xgroup, user in dict.fromkeys((r["xgroup"], r.get("user")) for r in rows):
+        whose = f" (user {user})" if user not in (None, me) else ""
+        lines.append(f"xgroup {xgroup}{whose}:")
+        group = [r for r in rows if r["xgroup"] == xgroup and r.get("user") == user]
         for experiment in dict.fromkeys(r["experiment"] for r in group):
             jobs = [r for r in group if r["experiment"] == experiment]
             command = " ".join([*jobs[0]["command"], *jobs[0]["args"]])
@@ -121,11 +142,13 @@ def status(
         ),
     ] = None,
     format: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.text,
+    user: o.User = None,
+    all_users: o.AllUsers = False,
 ) -> None:
     """Show experiment groups, their experiments and jobs (reconciled with Docker first).
 
     Exits 1, after the whole output, when some platform did not answer."""
-    runs, rows, warnings = _rows(xgroup)
+    runs, rows, warnings = _rows(xgroup, users=_users(user, all_users))
     if xgroup is not None and not runs:
         raise SpecError(f"no experiment group named {xgroup!r}")
     rows = _limit(rows, xgroup, max_jobs)
@@ -155,11 +178,15 @@ def _frame(rows: list[dict], format: Format) -> None:
 
 
 def _latest(
-    xgroup: str, credentials_file: str | None = None, *, every_place: bool = False
+    xgroup: str,
+    credentials_file: str | None = None,
+    *,
+    users: frozenset[str] | None,
+    every_place: bool = False,
 ) -> tuple[list, list[dict]]:
     """The group's runs and the newest attempt of each of its experiments. `every_place`:
     a platform place that did not answer is an error, not UNKNOWN rows."""
-    runs, rows, unanswered = _rows(xgroup, credentials_file)
+    runs, rows, unanswered = _rows(xgroup, credentials_file, users)
     if not runs:
         raise SpecError(f"no experiment group named {xgroup!r}")
     if every_place and unanswered:
@@ -168,23 +195,37 @@ def _latest(
 
 
 def _ask(rows: list[dict], verb: str, kind: str, xgroup: str, *, dry_run: bool, yes: bool):
-    """List what `verb` would touch; True when it should go ahead."""
+    """List what `verb` would touch; True when it should go ahead. Another user's jobs are
+    always asked about, --yes or not."""
+    from caliban_flows.plan.inputs import current_user
+
     if not rows:
         print(f"no {kind} jobs in xgroup {xgroup!r}")
         return False
     print(f"the following jobs would be {PAST[verb]}:")
     for r in rows:
         print(f"  {r['name']} {r['state']} {' '.join(r['args'])}")
-    return not dry_run and _confirm(f"do you wish to {verb} these {len(rows)} jobs?", yes)
+    others = sorted({r["user"] for r in rows if r.get("user") not in (None, current_user())})
+    if dry_run:
+        return False
+    if others and not _confirm(
+        f"{len([r for r in rows if r.get('user') in others])} of these jobs belong to "
+        f"{', '.join(others)}: {verb} them anyway?",
+        False,
+    ):
+        return False
+    return _confirm(f"do you wish to {verb} these {len(rows)} jobs?", yes or bool(others))
 
 
 def stop(
     xgroup: o.XgroupRequired,
     dry_run: o.DryRun = False,
     yes: o.Yes = False,
+    user: o.User = None,
+    all_users: o.AllUsers = False,
 ) -> None:
     """Stop the group's submitted and running jobs, after asking."""
-    runs, latest = _latest(xgroup)
+    runs, latest = _latest(xgroup, users=_users(user, all_users))
     active = [r for r in latest if r["state"] in ACTIVE]
     if not _ask(active, "stop", "submitted or running", xgroup, dry_run=dry_run, yes=yes):
         return
@@ -208,12 +249,14 @@ def resubmit(
     project_id: o.ProjectId = None,
     cloud_key: o.CloudKey = None,
     yes: o.Yes = False,
+    user: o.User = None,
+    all_users: o.AllUsers = False,
 ) -> None:
     """Rebuild from the current code and rerun the group's failed and stopped jobs."""
     from caliban_flows.plan.inputs import service_account_key
 
     key = service_account_key(cloud_key) if cloud_key else None
-    runs, latest = _latest(xgroup, key, every_place=True)
+    runs, latest = _latest(xgroup, key, users=_users(user, all_users), every_place=True)
     wanted = latest if all_jobs else [r for r in latest if r["state"] in ("FAILED", "STOPPED")]
     if not _ask(wanted, "resubmit", "failed or stopped", xgroup, dry_run=dry_run, yes=yes):
         return

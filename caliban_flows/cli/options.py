@@ -163,6 +163,13 @@ XgroupRequired = Annotated[
     str, typer.Option("--xgroup", metavar="XGROUP", help="Experiment group.")
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+User = Annotated[
+    str | None,
+    typer.Option("--user", metavar="NAME", help="This user's groups (default: your own)."),
+]
+AllUsers = Annotated[
+    bool, typer.Option("--all_users", "--all-users", help="Every user's groups, not only yours.")
+]
 Registry = Annotated[
     str | None,
     typer.Option(

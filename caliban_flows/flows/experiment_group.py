@@ -24,11 +24,14 @@ CANCEL_POLL_SECONDS = 2.0  # how soon Cancel in the UI stops a local group's con
 def group_tags(xgroup: str, platform: str, limit: dict | None = None) -> list[str]:
     """Tags that find a group's flow runs again (Prefect filters tags server-side), and the
     process that runs it: set when the run is created, so no crash leaves a run without it."""
+    from caliban_flows.plan.inputs import current_user
     from caliban_flows.server.owner import owner_tag
     from caliban_flows.state.limits import limit_tag
+    from caliban_flows.state.users import user_tag
 
     capped = [limit_tag(limit["name"])] if limit else []
-    return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}", *capped, owner_tag()]
+    return ["caliban", f"xgroup:{xgroup}", f"platform:{platform}", *capped, owner_tag(),
+            user_tag(current_user())]  # fmt: skip
 
 
 # Jobs on their way into a flow run of this process. A group of 100,000 jobs is far beyond

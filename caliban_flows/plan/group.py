@@ -152,7 +152,8 @@ def plan_group(
                   job_name=job_name, labels=dict(labels), gpu=gpu, tpu=tpu)  # fmt: skip
     next_attempts = {key: n + 1 for key, n in placed.attempts.items()}
     jobs = planned_jobs(xgroup, specs, recipe=runs_what(entrypoint.command()),
-                        platform=request.platform, attempts=next_attempts)  # fmt: skip
+                        platform=request.platform, attempts=next_attempts,
+                        user=user)  # fmt: skip
     secrets = _hide_secret_args(xgroup, jobs)
     return GroupPlan(
         xgroup=xgroup,

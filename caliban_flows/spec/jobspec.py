@@ -39,10 +39,14 @@ def job_keys(xgroup: str, jobs: Sequence[JobSpec]) -> list[str]:
     return keys
 
 
-def experiment_key(xgroup: str, recipe: str, args: Sequence[str], occurrence: int = 0) -> str:
+def experiment_key(
+    xgroup: str, recipe: str, args: Sequence[str], occurrence: int = 0, user: str = ""
+) -> str:
     """An experiment of a group: what it runs (`recipe`: the project folder or image, and the
-    entry point) with these args. The same on every platform and every resubmission."""
-    text = "\0".join(["experiment", xgroup, recipe, str(occurrence), *args])
+    entry point) with these args. The same on every platform and every resubmission; another
+    `user`'s group of the same name is another experiment (their jobs never merge)."""
+    owner = ["user", user] if user else []
+    text = "\0".join(["experiment", *owner, xgroup, recipe, str(occurrence), *args])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -89,6 +93,7 @@ def planned_jobs(
     platform: str,
     attempts: Mapping[str, int] | None = None,
     recipe_index: int = 0,
+    user: str = "",
 ) -> list[dict]:
     """The group's record of each job: experiment, key, attempt, name, args and its recipe.
 
@@ -101,7 +106,7 @@ def planned_jobs(
     for spec in specs:
         n = seen.get(spec.args, 0)
         seen[spec.args] = n + 1
-        experiment = experiment_key(xgroup, recipe, spec.args, n)
+        experiment = experiment_key(xgroup, recipe, spec.args, n, user)
         key = platform_key(experiment, platform)
         out.append(
             {

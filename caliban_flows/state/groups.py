@@ -6,12 +6,13 @@ the platform (one list call per group) says what each job is doing now.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from caliban_flows.platforms.base import JobState, RemoteJob, first_line
 from caliban_flows.server.owner import owner_of, starting_again
 from caliban_flows.state import prefect_api
+from caliban_flows.state.users import belongs, user_of
 
 FLOW_NAME = "caliban-experiment-group"
 ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING")
@@ -45,6 +46,7 @@ class GroupRun:
     version: int = 2  # 1: jobs, image, command and build in the run's parameters
     state_name: str = ""  # e.g. "Submitted": a remote run whose jobs are all handed over
     owner: str | None = None  # the process that runs it (server.owner): host:pid:start
+    user: str | None = None  # who submitted it (state.users); None: recorded before users
     starting_again: bool = False  # retried, and no process has claimed it yet (server.owner)
 
     def recipe_of(self, job: dict) -> dict:
@@ -60,10 +62,15 @@ class GroupRun:
 
 
 def read_group_runs(
-    http, xgroup: str | None = None, *, tags: Iterable[str] = (), states: Iterable[str] = ()
+    http,
+    xgroup: str | None = None,
+    *,
+    tags: Iterable[str] = (),
+    states: Iterable[str] = (),
+    users: Collection[str] | None = None,
 ) -> list[GroupRun]:
-    """Every caliban flow run (of one group, with these tags and states, if given), oldest
-    first, paged, with the jobs each recorded.
+    """Every caliban flow run (of one group, with these tags and states, of these users, if
+    given), oldest first, paged, with the jobs each recorded.
 
     `http` is an httpx.Client on the Prefect API: its REST filter is one request per 200 runs,
     and skipping the `prefect` import saves more than a second per `caliban status`.
@@ -73,7 +80,7 @@ def read_group_runs(
     if states:
         runs_filter["state"] = {"type": {"any_": list(states)}}
     body = {"flows": {"name": {"any_": [FLOW_NAME]}}, "flow_runs": runs_filter}
-    runs = prefect_api.paged_runs(http, body)
+    runs = [r for r in prefect_api.paged_runs(http, body) if belongs(r.get("tags"), users)]
     ordered = sorted(runs, key=lambda run: run.get("created") or "")
     return _with_jobs(http, [_group_run(run) for run in ordered])
 
@@ -129,6 +136,7 @@ def _group_run(run: dict) -> GroupRun:
         limit=params.get("limit"),
         state_name=state.get("name") or "",
         owner=owner_of(run.get("tags")),
+        user=user_of(run.get("tags")),
         starting_again=starting_again(run),
     )
     if "recipes" in params:
@@ -323,6 +331,7 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
             recipe = run.recipe_of(job)
             rows[run.xgroup, job["key"], job["attempt"]] = {
                 "xgroup": run.xgroup,
+                "user": run.user,
                 "experiment": job.get("experiment", job["key"]),
                 "name": job["name"],
                 "key": job["key"],

@@ -7,7 +7,7 @@ API with httpx: no `prefect` import, which keeps `caliban status` well under a s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from caliban_flows.platforms import registry
 from caliban_flows.platforms.base import JobRequest, Platform, RemoteJob, first_line
@@ -113,6 +113,7 @@ def reconcile(
     publish_all: bool = False,
     warn: Callable[[str], None] | None = None,
     deadline: float | None = POLL_DEADLINE,
+    users: Collection[str] | None = None,
 ) -> tuple[list[GroupRun], list[dict]]:
     """Read the groups, ask the platforms, settle what ended or was cancelled; runs and rows.
 
@@ -120,7 +121,7 @@ def reconcile(
     A place that does not answer within `deadline` seconds, or fails, makes only its own jobs
     UNKNOWN (their `detail` says why), and `warn` gets one line for it.
     """
-    runs = read_group_runs(http, xgroup)
+    runs = read_group_runs(http, xgroup, users=users)
     remote = remote_jobs(runs, platforms.poll, deadline, connect=platforms.connect)
     for line in unreached(remote):
         if warn is not None:
