@@ -112,7 +112,7 @@ def plan_group(
     if not xgroup.strip():
         raise SpecError("--xgroup must not be empty")
     labels = tuple(parse_label(label) for label in request.labels)
-    limit = limit_for(request.platform, xgroup, options.max_running, options.pool)
+    limit = limit_for(request.platform, xgroup, options.max_running, options.pool, user)
     with sub.inside(request.root):
         entrypoint = _entrypoint(request.module, request.root)
         dirs = sub.check_dirs(options.dirs) if request.root is not None else ()

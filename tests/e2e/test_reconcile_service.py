@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 
+from caliban_flows.plan.inputs import current_user
 from caliban_flows.spec import vertex_job as vj
 from caliban_flows.state.limits import limit_name
 from devtools.vertex_emulator import VertexEmulator
@@ -109,7 +110,7 @@ def test_the_service_submits_queued_jobs_as_max_running_slots_free(served, tmp_p
     assert done.returncode == 0, done.stderr
     assert "1 jobs submitted to Vertex AI, 2 queued behind --max_running 1" in done.stderr
     api, auth = api_url(cli), auth_headers(cli)
-    limit = limit_name("vertex", xgroup)
+    limit = limit_name("vertex", xgroup, user=current_user())
     assert concurrency_limit(api, limit, auth)["limit"] == 1
     assert concurrency_limit(api, limit, auth)["active_slots"] == 1
 
