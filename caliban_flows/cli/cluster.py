@@ -164,26 +164,34 @@ def submit(
         from caliban_flows.platforms.kubernetes.adapter import manifest_for
 
         shown = image_tag or "<built from this folder and pushed to the registry>"
-        requests = [
-            JobRequest(
-                xgroup=p.xgroup,
-                key=job["key"],
-                attempt=1,
-                name=spec.name,
-                image=shown,
-                args=tuple(spec.args),
-                labels=spec.labels,
-            )
-            for job, spec in zip(p.jobs, p.specs)
-        ]
         where = p.placed.shown["target"]
         resources = p.placed.shown["resources"]
-        manifests = [manifest_for(r, resources, where.namespace) for r in requests]
-        if export:
-            for path in _export(export, manifests):
+
+        def manifests(secrets: dict[str, str]) -> list[dict]:
+            return [
+                manifest_for(
+                    JobRequest(
+                        xgroup=p.xgroup,
+                        key=job["key"],
+                        attempt=1,
+                        name=spec.name,
+                        image=shown,
+                        args=tuple(spec.args),
+                        labels=spec.labels,
+                        secrets=secrets,
+                    ),
+                    resources,
+                    where.namespace,
+                )
+                for job, spec in zip(p.jobs, p.specs)
+            ]
+
+        if export:  # files to apply later: the jobs need their secret args' values
+            values = {name: v.get_secret_value() for name, v in p.secrets.items()}
+            for path in _export(export, manifests(values)):
                 print(f"wrote {path}", file=sys.stderr)
-        if dry_run:
-            _print_dry_run(p, where, manifests)
+        if dry_run:  # printed: references in place of secret values
+            _print_dry_run(p, where, manifests({}))
             return
     from caliban_flows.flows.engine import run_plan
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,8 @@ def plan_group(
                         platform=request.platform, attempts=next_attempts,
                         user=user)  # fmt: skip
     secrets = _hide_secret_args(xgroup, jobs)
+    if secrets:  # what dry runs print is what the group records: references, not values
+        specs = [replace(spec, args=tuple(job["args"])) for spec, job in zip(specs, jobs)]
     return GroupPlan(
         xgroup=xgroup,
         platform=request.platform,

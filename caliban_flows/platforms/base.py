@@ -47,10 +47,11 @@ class JobRequest:
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def command_args(self) -> tuple[str, ...]:
-        """The args the job runs with: every secret reference replaced by its value."""
+        """The args the job runs with: every secret reference replaced by its value. A request
+        made without values (what a dry run prints) keeps the references."""
         from caliban_flows.spec.secret_args import references, reveal
 
-        if not references(self.args):
+        if not self.secrets or not references(self.args):
             return self.args
         return tuple(reveal(self.args, self.secrets.__getitem__))
 

@@ -160,8 +160,10 @@ def test_dry_run_prints_the_job_manifests_and_export_writes_them(simulated, proj
     emulator, cli = simulated
     sweep(project, 2)
     done = cli(*SUBMIT, "--dry_run", "--image_tag", IMAGE, "--min_mem", "2048", "--export",
-               "job.yaml", "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+               "job.yaml", "--experiment_config", "exp.json", "trainer.train", "--",
+               "--hf-token", "tok-3x")  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "tok-3x" not in done.stdout  # printed: a reference; the exported files hold it
     # Each job's lines, then its manifest as a YAML document after "---".
     chunks = done.stdout.split("\n---\n")[1:]
     manifests = [yaml.safe_load(chunk.split("\n\n", 1)[0]) for chunk in chunks]
@@ -171,7 +173,7 @@ def test_dry_run_prints_the_job_manifests_and_export_writes_them(simulated, proj
     assert "Nothing was" in done.stdout and emulator.jobs() == []
     exported = [yaml.safe_load((project / f"job_{i}.yaml").read_text()) for i in (0, 1)]
     assert [m["spec"]["template"]["spec"]["containers"][0]["args"] for m in exported] == [
-        ["--i", "0"], ["--i", "1"]]  # fmt: skip
+        ["--hf-token", "tok-3x", "--i", "0"], ["--hf-token", "tok-3x", "--i", "1"]]  # fmt: skip
     resources = exported[0]["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources == {"requests": {"cpu": "31000m", "memory": "2048Mi"}}
 

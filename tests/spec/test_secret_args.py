@@ -64,6 +64,7 @@ def test_the_planner_records_references_and_keeps_the_values(tmp_path, monkeypat
     assert job["args"] == ["--api_key", f"{REFERENCE}{name}", "--lr", "0.1"]
     assert {n: v.get_secret_value() for n, v in first.secrets.items()} == {name: "s3cret"}
     assert "s3cret" not in repr(first.secrets)
+    assert first.specs[0].args == tuple(job["args"])  # what a dry run prints
     assert second.jobs[0]["key"] == job["key"] and second.jobs[0]["args"] == job["args"]
     other = plan_group(GroupRequest(**{**request.__dict__, "script_args": ["--api_key", "x"]}),
                        probe=False)  # fmt: skip
