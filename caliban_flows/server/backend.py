@@ -46,6 +46,7 @@ from caliban_flows.server.home import (
     _touch,
     api_auth,
     caliban_home,
+    outwait_the_database,
 )
 from caliban_flows.server.home import _seed_database as _seed_database
 from caliban_flows.server.home import _seed_marker as _seed_marker
@@ -107,6 +108,7 @@ def point_prefect_at(url: str) -> str:
         _send_local_auth(_paths())
         _bypass_proxy_for_loopback()
     os.environ["PREFECT_API_URL"] = url
+    outwait_the_database()
     return url
 
 

@@ -23,6 +23,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DATABASE_URL_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"  # a user's own database: no seed
+# Prefect's client gives up on a request after 60 s and sends it again, create or not. A
+# SQLite-backed server waits up to 60 s for the write lock before it answers, so a create that
+# waited was made twice (a second run of one subflow, the first left PENDING for good). Longer
+# than the server's wait: its answer, or its 503, arrives first. A value the user set stands.
+REQUEST_TIMEOUT_ENV, REQUEST_TIMEOUT_SECONDS = "PREFECT_API_REQUEST_TIMEOUT", "150"
+
+
+def outwait_the_database(env: dict[str, str] | None = None) -> None:
+    """Give `env` (default: this process's) the longer Prefect request timeout."""
+    (os.environ if env is None else env).setdefault(REQUEST_TIMEOUT_ENV, REQUEST_TIMEOUT_SECONDS)
 
 
 class _Paths:

@@ -29,6 +29,7 @@ from caliban_flows.server.home import (
     _seed_database,
     _seeded_for_this_prefect,
     api_auth,
+    outwait_the_database,
 )
 from caliban_flows.server.supervisor import ENTRY_MODULE, SUPERVISOR_TAG
 
@@ -100,6 +101,7 @@ def _server_env(p: _Paths) -> dict[str, str]:
     # The server requires it; its runner (and the flow runs the runner starts) send it.
     env["PREFECT_SERVER_API_AUTH_STRING"] = env["PREFECT_API_AUTH_STRING"] = api_auth(p)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    outwait_the_database(env)  # the runner, and the flow runs it starts
     if _seeded_for_this_prefect(p) and not os.environ.get(DATABASE_URL_ENV):
         # Already migrated, block types already registered: checking both again costs ~1 s
         # of every start. After a Prefect upgrade the marker differs and Prefect does both.

@@ -103,6 +103,7 @@ CASES = [
     ("kubernetes", "namespace", {"namespace": "sweeps"}),
     ("kubernetes", "kubeconfig", {"kubeconfig": "KUBECONFIG"}),
     ("kubernetes", "cluster_block", {"cluster_block": SPACE}),
+    ("kubernetes", "cloud_key", {"cloud_key": "key.json"}),
     (
         "kubernetes",
         "gke_cluster",
