@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 
@@ -42,6 +43,7 @@ SECRET_WORDS = frozenset({"token", "key", "apikey", "password", "passwd", "secre
 REDACTED = "redacted"
 
 
+@functools.lru_cache(maxsize=4096)  # a sweep's 100,000 jobs repeat the same few flags
 def names_a_secret(flag: str) -> bool:
     """`--api_key`, `--hf-token`, `--db_password` ...: words split on '-', '_' and '.'."""
     return not SECRET_WORDS.isdisjoint(re.split(r"[-_.]+", flag.lstrip("-").lower()))
