@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -15,19 +14,17 @@ import pytest
 
 from devtools import k8s_auth
 from devtools.k8s_emulator import K8sEmulator
-from tests.conftest import BIN, caliban_runner
+from tests.conftest import caliban_runner
 from tests.e2e.test_kubernetes_e2e import IMAGE, SUBMIT, TRAIN, group_jobs
+from tests.e2e.test_kubernetes_e2e import caliban_home as caliban_home  # the same fixture
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, docker_client):
+def cluster(caliban_home):
     """One TLS emulator that requires credentials, and one caliban home, for the module."""
-    home = tmp_path_factory.mktemp("kube-auth-home")
     with K8sEmulator(run_containers=False, sim_step=0.05, seed=11, tls=True,
                      require_auth=True, token=f"t-{uuid.uuid4().hex}") as emulator:  # fmt: skip
-        yield emulator, home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
-                   env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)  # fmt: skip
+        yield emulator, caliban_home
 
 
 @pytest.fixture
