@@ -418,10 +418,12 @@ def test_a_pushed_image_triggers_a_sweep_of_that_image(stack, emulator, tmp_path
               if j.labels.get("caliban_xgroup") == f"pushed-{tag}"}  # fmt: skip
     assert images == {reference}
 
-    # The event as stored: resource and payload.
+    # The event as stored (automations see events before the server stores them).
     body = {"filter": {"event": {"name": ["caliban.image.pushed"]}}, "limit": 50}
-    events = stack.api.post("/events/filter", json=body).json()["events"]
-    [event] = [e for e in events if e["payload"]["reference"] == reference]
+    [event] = wait_for(lambda: [
+        e for e in stack.api.post("/events/filter", json=body).json()["events"]
+        if e["payload"]["reference"] == reference
+    ])  # fmt: skip
     repository = reference.rsplit(":", 1)[0]
     assert event["resource"]["prefect.resource.id"] == f"caliban.image.{repository}"
     assert event["payload"]["tag"] == tag

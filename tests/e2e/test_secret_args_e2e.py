@@ -18,7 +18,7 @@ import pytest
 
 from devtools import test_pki
 from devtools.vertex_emulator import VertexEmulator
-from tests.conftest import BIN, caliban_runner
+from tests.conftest import BIN, caliban_runner, wait_for
 from tests.e2e.test_vertex_e2e import IMAGE, api_url
 from tests.prefect_http import api_client
 
@@ -91,9 +91,20 @@ def _events(http) -> Iterator[dict]:
         page = got.json()
 
 
+def _every_run_state_has_its_event(http) -> bool:
+    """The server writes events after it answers; wait for the latest state of each run."""
+    runs = list(_paged(http, "/flow_runs/filter"))
+    seen = {(e["resource"]["prefect.resource.id"], e["event"]) for e in _events(http)}
+    return bool(runs) and all(
+        (f"prefect.flow-run.{run['id']}", f"prefect.flow-run.{run['state']['name']}") in seen
+        for run in runs
+    )
+
+
 def _everything_prefect_keeps(cli) -> dict[str, str]:
     """What the home's Prefect API gives back, by kind, as text."""
     with api_client(api_url(cli), cli, timeout=60) as http:
+        wait_for(lambda: _every_run_state_has_its_event(http))
         kept = {
             "flow runs": list(_paged(http, "/flow_runs/filter")),
             "task runs": list(_paged(http, "/task_runs/filter")),
