@@ -28,6 +28,9 @@ def _users(user: str | None, all_users: bool) -> frozenset[str] | None:
     """Whose groups a command acts on: yours, `--user NAME`'s, or everyone's (None)."""
     if user is not None and all_users:
         raise SpecError("give --user NAME or --all_users, not both")
+    from caliban_flows.server.cloud_user import identify
+
+    identify()  # on Prefect Cloud, you are your handle there (server.cloud_user)
     if all_users:
         return None
     if user is not None:
@@ -37,6 +40,11 @@ def _users(user: str | None, all_users: bool) -> frozenset[str] | None:
     from caliban_flows.plan.inputs import current_user
 
     return frozenset({current_user()})
+
+
+def _no_group(xgroup: str, users: frozenset[str] | None) -> str:
+    whose = "" if users is None else f" of user {', '.join(sorted(users))} (--all_users: anyone's)"
+    return f"no experiment group named {xgroup!r}{whose}"
 
 
 def _rows(
@@ -148,9 +156,10 @@ def status(
     """Show experiment groups, their experiments and jobs (reconciled with Docker first).
 
     Exits 1, after the whole output, when some platform did not answer."""
-    runs, rows, warnings = _rows(xgroup, users=_users(user, all_users))
+    users = _users(user, all_users)
+    runs, rows, warnings = _rows(xgroup, users=users)
     if xgroup is not None and not runs:
-        raise SpecError(f"no experiment group named {xgroup!r}")
+        raise SpecError(_no_group(xgroup, users))
     rows = _limit(rows, xgroup, max_jobs)
     if format is Format.json:
         print(json.dumps(rows, indent=2))
@@ -188,7 +197,7 @@ def _latest(
     a platform place that did not answer is an error, not UNKNOWN rows."""
     runs, rows, unanswered = _rows(xgroup, credentials_file, users)
     if not runs:
-        raise SpecError(f"no experiment group named {xgroup!r}")
+        raise SpecError(_no_group(xgroup, users))
     if every_place and unanswered:
         raise CalibanError(f"cannot tell which jobs of xgroup {xgroup!r} to rerun: nothing done")
     return runs, _limit(rows, xgroup, 1)

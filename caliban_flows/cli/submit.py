@@ -31,6 +31,10 @@ def submit_plan(command: str, module: str, rest: Sequence[str] | None, options, 
         image=image,
         root=os.getcwd(),
     )
+    if not dry_run:  # a dry run asks no one; on Prefect Cloud your groups are your handle's
+        from caliban_flows.server.cloud_user import identify
+
+        identify()
     checked = None
     if not dry_run and request.platform == "local":
         # Overlap the Prefect server's start with the engine checks and the build, as soon as

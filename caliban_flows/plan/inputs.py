@@ -42,6 +42,12 @@ def load_experiment_config(source: str) -> ExperimentConfig:
 
 
 def current_user() -> str:
+    """Who owns the groups this process plans and lists: CALIBAN_USER (which is your Prefect
+    Cloud handle when Prefect Cloud is the API: server.cloud_user), else the OS user."""
+    return os.environ.get("CALIBAN_USER", "").strip() or os_user()
+
+
+def os_user() -> str:
     import getpass
 
     try:

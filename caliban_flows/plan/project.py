@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from caliban_flows.plan.inputs import current_user, read_text
+from caliban_flows.plan.inputs import os_user, read_text
 from caliban_flows.spec.entrypoint import Entrypoint, resolve_entrypoint
 from caliban_flows.spec.errors import SpecError
 
@@ -93,7 +93,7 @@ def dockerfile(
         base_image=config.base_image_for(gpu) or default_base_image(gpu),
         uid=os.getuid(),
         gid=os.getgid(),
-        user=current_user(),
+        user=os_user(),  # the image's user is the one whose uid it maps
         apt_packages=tuple(config.apt_packages_for(gpu)),
         requirements_txt=here["requirements.txt"],
         setup_py=here["setup.py"],

@@ -74,6 +74,7 @@ __all__ = [
     "BackendError",
     "api_url",
     "caliban_home",
+    "external_url",
     "main",
     "point_prefect_at",
     "start_in_background",
@@ -199,6 +200,12 @@ def stop(timeout: float = 30.0) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # which API: the user's (PREFECT_API_URL, their Prefect profile) or caliban's own
+
+
+def external_url() -> str | None:
+    """The user's Prefect API (PREFECT_API_URL, or their profile's, with its key); None when
+    caliban runs its own server."""
+    return _external_url()
 
 
 def _external_url() -> str | None:

@@ -115,21 +115,27 @@ def console_url(job_name: str) -> str:
     )
 
 
-def check_image_uri(image: str, *, emulator: bool = False) -> str:
+def check_image_uri(image: str, *, endpoint_host: str | None = None) -> str:
     """Vertex pulls from Artifact Registry (REGION-docker.pkg.dev/PROJECT/REPO/IMAGE) or gcr.io.
 
-    Only an emulator on this machine can pull from a loopback registry (tests, demos).
+    A registry on this machine's loopback is reachable only from this machine: by a Vertex
+    endpoint (`endpoint_host`) that is on loopback too, never by Google's.
     """
     host = image.split("/", 1)[0]
-    loopback = host.split(":")[0] in ("127.0.0.1", "localhost")
+    here = _on_loopback(host) and endpoint_host is not None and _on_loopback(endpoint_host)
     if "/" not in image or not (
-        host.endswith("-docker.pkg.dev") or host.endswith("gcr.io") or (emulator and loopback)
+        host.endswith("-docker.pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io") or here
     ):
         raise SpecError(
             f"image {image!r} is not in a registry Vertex AI can pull from: use "
             "REGION-docker.pkg.dev/PROJECT/REPO/IMAGE (Artifact Registry) or gcr.io/PROJECT/IMAGE"
         )
     return image
+
+
+def _on_loopback(host_port: str) -> bool:
+    host = host_port.rsplit(":", 1)[0] if host_port.count(":") == 1 else host_port
+    return host.strip("[]") in ("127.0.0.1", "localhost", "::1")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

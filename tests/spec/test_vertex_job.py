@@ -87,11 +87,17 @@ def test_bad_timeouts(text):
 
 def test_images_vertex_can_pull():
     assert vj.check_image_uri("us-central1-docker.pkg.dev/p/r/i:1")
-    assert vj.check_image_uri("gcr.io/p/i:1")
-    assert vj.check_image_uri("127.0.0.1:5000/i:1", emulator=True)
-    for image in ("docker.io/library/python:3.11", "python:3.11", "127.0.0.1:5000/i:1"):
+    assert vj.check_image_uri("gcr.io/p/i:1") and vj.check_image_uri("eu.gcr.io/p/i:1")
+    # This machine's registry, for a Vertex endpoint on this machine (a regional one cannot).
+    assert vj.check_image_uri("127.0.0.1:5000/i:1", endpoint_host="127.0.0.1:8443")
+    assert vj.check_image_uri("localhost:5000/i:1", endpoint_host="localhost")
+    for image, endpoint in [("docker.io/library/python:3.11", None), ("python:3.11", None),
+                            ("127.0.0.1:5000/i:1", None),
+                            ("127.0.0.1:5000/i:1", "europe-west4-aiplatform.googleapis.com"),
+                            ("gcr.io.example.com:5000/i:1", "127.0.0.1:8443"),
+                            ("notgcr.io/p/i:1", None)]:  # fmt: skip
         with pytest.raises(SpecError, match="Artifact Registry"):
-            vj.check_image_uri(image)
+            vj.check_image_uri(image, endpoint_host=endpoint)
 
 
 def test_console_url():

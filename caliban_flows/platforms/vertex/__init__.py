@@ -28,7 +28,7 @@ def _check_image(reference: str) -> str:
     from caliban_flows.platforms.vertex.adapter import ENDPOINT_ENV
     from caliban_flows.spec.vertex_job import check_image_uri
 
-    return check_image_uri(reference, emulator=bool(os.environ.get(ENDPOINT_ENV)))
+    return check_image_uri(reference, endpoint_host=os.environ.get(ENDPOINT_ENV) or None)
 
 
 def _follow(placement: dict) -> str:
