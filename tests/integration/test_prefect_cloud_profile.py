@@ -34,6 +34,8 @@ class _StandIn(BaseHTTPRequestHandler):
         SEEN.append(self.headers.get("Authorization"))
         if self.headers.get("Authorization") != f"Bearer {KEY}":
             return self._answer(401, {"detail": "Unauthorized"})
+        if self.path == "/api/me/":  # who the key's user is (server.cloud_user)
+            return self._answer(200, {"handle": "standin-user"})
         if self.path.endswith("/health"):
             return self._answer(200, True)
         if self.path.endswith("/filter"):
