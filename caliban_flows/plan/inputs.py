@@ -44,7 +44,9 @@ def load_experiment_config(source: str) -> ExperimentConfig:
 def current_user() -> str:
     """Who owns the groups this process plans and lists: CALIBAN_USER (which is your Prefect
     Cloud handle when Prefect Cloud is the API: server.cloud_user), else the OS user."""
-    return os.environ.get("CALIBAN_USER", "").strip() or os_user()
+    from caliban_flows.server.cloud_user import USER_ENV
+
+    return os.environ.get(USER_ENV, "").strip() or os_user()
 
 
 def os_user() -> str:

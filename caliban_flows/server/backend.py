@@ -103,7 +103,7 @@ def use_backend() -> str:
 
 def point_prefect_at(url: str) -> str:
     """Set this process's Prefect settings to `url` (a started server's, ready or not)."""
-    if _external_url() is None:
+    if external_url() is None:
         os.environ["PREFECT_HOME"] = str(_paths().prefect_home)
         os.environ[LOCAL_URL_ENV] = url
         _send_local_auth(_paths())
@@ -120,7 +120,7 @@ def start_in_background() -> str:
     Prefect migrates its database) with its own work. Call wait_ready() or use_backend()
     before the first API call.
     """
-    external = _external_url()
+    external = external_url()
     if external is not None:
         return external
     p = _paths()
@@ -132,7 +132,7 @@ def start_in_background() -> str:
 
 def wait_ready(timeout: float | None = None) -> str:
     """Block until the API answers (starting the local server if needed); return its URL."""
-    external = _external_url()
+    external = external_url()
     if external is not None:
         return external
     p = _paths()
@@ -157,7 +157,7 @@ def wait_ready(timeout: float | None = None) -> str:
 
 def status() -> dict:
     """Where caliban's Prefect API is and whether it answers. Starts nothing."""
-    external = _external_url()
+    external = external_url()
     if external is not None:
         return {"mode": "external", "url": external, "pid": None, "running": _healthy(external)}
     p = _paths()
@@ -205,10 +205,6 @@ def stop(timeout: float = 30.0) -> bool:
 def external_url() -> str | None:
     """The user's Prefect API (PREFECT_API_URL, or their profile's, with its key); None when
     caliban runs its own server."""
-    return _external_url()
-
-
-def _external_url() -> str | None:
     url = os.environ.get("PREFECT_API_URL", "").strip().rstrip("/")
     if url:
         return None if url == os.environ.get(LOCAL_URL_ENV) else url

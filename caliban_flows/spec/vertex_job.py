@@ -134,8 +134,10 @@ def check_image_uri(image: str, *, endpoint_host: str | None = None) -> str:
 
 
 def _on_loopback(host_port: str) -> bool:
-    host = host_port.rsplit(":", 1)[0] if host_port.count(":") == 1 else host_port
-    return host.strip("[]") in ("127.0.0.1", "localhost", "::1")
+    from urllib.parse import urlsplit
+
+    host = urlsplit("//" + host_port).hostname or host_port  # host, host:port, [v6]:port
+    return host in ("127.0.0.1", "localhost", "::1")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -91,6 +91,7 @@ def test_images_vertex_can_pull():
     # This machine's registry, for a Vertex endpoint on this machine (a regional one cannot).
     assert vj.check_image_uri("127.0.0.1:5000/i:1", endpoint_host="127.0.0.1:8443")
     assert vj.check_image_uri("localhost:5000/i:1", endpoint_host="localhost")
+    assert vj.check_image_uri("[::1]:5000/i:1", endpoint_host="[::1]:8443")
     for image, endpoint in [("docker.io/library/python:3.11", None), ("python:3.11", None),
                             ("127.0.0.1:5000/i:1", None),
                             ("127.0.0.1:5000/i:1", "europe-west4-aiplatform.googleapis.com"),
