@@ -17,7 +17,7 @@ SCRIPTS = [
     "orchestration_overhead.py",
     "status_1k.py",
     "vertex_submit_1k.py",
-    "vertex_qps.py",
+    "vertex_quota.py",
     "vertex_status_1k.py",
     "sweep_scale.py",
     "k8s_1k.py",

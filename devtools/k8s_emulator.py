@@ -11,7 +11,9 @@ Bodies follow Kubernetes' JSON wire format, errors are `Status` objects, lists p
 `limit`/`continue` and filter with label and field selectors. A Job's pods either run its first
 container on the local dockerd (`run_containers=True`) or walk Pending -> Running -> Succeeded
 on a timer (`run_containers=False`). A small Job controller honours backoffLimit, completions
-(run one pod at a time), activeDeadlineSeconds and ttlSecondsAfterFinished. Latency, 429/503
+(run one pod at a time), activeDeadlineSeconds, ttlSecondsAfterFinished and podFailurePolicy
+(devtools.k8s_disruption); `preempt()` and the Eviction API take a running pod away as a cluster
+does, with its DisruptionTarget condition. Latency, 429/503
 errors, lost create responses and server crashes can be injected while it runs, and every
 create is counted per job key (a label) so tests can assert "no duplicates".
 
@@ -46,7 +48,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote
 
-from devtools import k8s_auth
+from devtools import k8s_auth, k8s_disruption
 
 KEY_LABEL = "caliban.dev/job-key"
 # Labels the Job controller puts on a Job's pod template (and so on its pods).
@@ -307,6 +309,7 @@ def _validate_job(obj: dict, name: str) -> list[_FieldError]:
                 f'Unsupported value: "{policy}": supported values: "OnFailure", "Never"',
             )
         )
+    errors += [_FieldError(*c) for c in k8s_disruption.policy_errors(spec, label_key_errors)]
     return errors
 
 
@@ -514,6 +517,7 @@ class _PodRec(_Obj):
     prev_container: Any = None
     containers: list = field(default_factory=list)  # every attempt, for removal
     deleting: bool = False
+    disruption: dict | None = None  # the DisruptionTarget condition, once taken away
 
 
 @dataclass
@@ -664,6 +668,13 @@ _ROUTES = [
         ("DELETE", rf"/api/v1{_NS}/pods/(?P<name>[^/]+)", "delete", "pods", "_delete_pod"),
         ("GET", rf"/api/v1{_NS}/pods/(?P<name>[^/]+)/status", "get", "pods/status", "_get_pod"),
         ("GET", rf"/api/v1{_NS}/pods/(?P<name>[^/]+)/log", "get", "pods/log", "_read_log"),
+        (
+            "POST",
+            rf"/api/v1{_NS}/pods/(?P<name>[^/]+)/eviction",
+            "create",
+            "pods/eviction",
+            "_evict_pod",
+        ),
     ]
 ]
 
@@ -714,6 +725,7 @@ class K8sEmulator:
         self.instance = uuid.uuid4().hex[:12]
 
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on every pod or Job change
         self._rng = random.Random(seed)
         self._ids = random.Random(seed + 1)
         self._rv = 1000
@@ -993,6 +1005,7 @@ class K8sEmulator:
                 "v1",
                 [
                     ("pods", "pod", "Pod", ["delete", "deletecollection", "get", "list"]),
+                    ("pods/eviction", "", "Eviction", ["create"]),
                     ("pods/log", "", "Pod", ["get"]),
                     ("pods/status", "", "Pod", ["get"]),
                 ],
@@ -1082,6 +1095,7 @@ class K8sEmulator:
             JOB_NAME_LABEL: name,
         }
         spec = dict(obj["spec"])
+        failure_policy = spec.get("podFailurePolicy")
         template = dict(spec["template"])
         tmeta = dict(template.get("metadata") or {})
         tmeta["labels"] = {**(tmeta.get("labels") or {}), **selector_labels}
@@ -1102,10 +1116,13 @@ class K8sEmulator:
             ("backoffLimit", 6),
             ("completionMode", "NonIndexed"),
             ("suspend", False),
-            ("podReplacementPolicy", "TerminatingOrFailed"),
+            # With a podFailurePolicy a pod is replaced once it has failed, not while it stops.
+            ("podReplacementPolicy", "TerminatingOrFailed" if failure_policy is None else "Failed"),
         ):
             if spec.get(key) is None:
                 spec[key] = value
+        if failure_policy is not None:
+            spec["podFailurePolicy"] = k8s_disruption.defaulted(failure_policy)
         spec["selector"] = {"matchLabels": {BATCH_CONTROLLER_UID_LABEL: uid}}
         if not spec.get("manualSelector"):
             spec.pop("manualSelector", None)
@@ -1281,6 +1298,30 @@ class K8sEmulator:
                 "items": deleted,
             },
         )
+
+    def _evict_pod(self, request) -> _Reply:
+        """policy/v1 Eviction (no PodDisruptionBudgets here): the pod gets its DisruptionTarget
+        condition, is killed and deleted, as the real subresource has it."""
+        name = request.params["name"]
+        body = request.json()
+        if not isinstance(body, dict) or body.get("kind", "Eviction") != "Eviction":
+            raise _bad_request("the request body must be a policy/v1 Eviction")
+        if (body.get("metadata") or {}).get("name") not in (None, name):
+            raise _bad_request("name in URL does not match name in Eviction object")
+        dry_run = _dry_run(request.query) or "All" in (
+            (body.get("deleteOptions") or {}).get("dryRun") or []
+        )
+        container = None
+        with self._lock:
+            pod = self._pod(request.params["ns"], name)
+            if not dry_run:
+                if _is_active(pod):
+                    container = self._disrupt_locked(pod, "EvictionByEvictionAPI")
+                self._delete_pod_locked(pod, count_failure=False)
+        if container is not None:
+            self._submit(_kill, container)
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+        return _json_reply(201, {**status, "code": 201})
 
     def _pod(self, ns: str, name: str) -> _PodRec:
         """Under the lock."""
@@ -1491,6 +1532,7 @@ class K8sEmulator:
         if status == job.body.get("status"):
             return
         self._rv += 1
+        self._changed.notify_all()
         job.body = {
             **job.body,
             "metadata": {**job.body["metadata"], "resourceVersion": str(self._rv)},
@@ -1609,7 +1651,11 @@ class K8sEmulator:
             "startTime": pod.start_ts,
             "containerStatuses": [container_status],
         }
+        if pod.disruption is not None:
+            status["conditions"].append(pod.disruption)
+            status.update(k8s_disruption.POD_STATUS.get(pod.disruption["reason"], {}))
         self._rv += 1
+        self._changed.notify_all()
         meta = {**pod.body["metadata"], "resourceVersion": str(self._rv)}
         if pod.deleting:
             meta.setdefault("deletionTimestamp", _now())
@@ -1632,7 +1678,11 @@ class K8sEmulator:
         job = pod.job if pod.job is not None and not pod.job.gone else None
         alive = job is not None and not job.conditions and not job.deleting
         ts = _now()
-        restart = alive and pod.body["spec"].get("restartPolicy") == "OnFailure"
+        restart = (
+            alive
+            and pod.disruption is None  # a pod taken away is not restarted in place
+            and pod.body["spec"].get("restartPolicy") == "OnFailure"
+        )
         if exit_code != 0 and restart and job.failures < job.body["spec"]["backoffLimit"]:
             job.failures += 1  # the kubelet restarts the container in the same pod
             pod.last_state = {
@@ -1660,14 +1710,29 @@ class K8sEmulator:
             if exit_code == 0:
                 job.succeeded += 1
             else:
-                job.failures += 1
-                job.failed += 1
+                self._count_failure(job, pod)
         if job is not None:
             self._sync(job)
+
+    def _count_failure(self, job: _JobRec, pod: _PodRec) -> None:
+        """A failed pod, as the Job controller takes it: the podFailurePolicy's first matching
+        rule decides (Ignore: replaced, not counted; FailJob: the Job fails now)."""
+        action, message = k8s_disruption.match(job.body["spec"].get("podFailurePolicy"), pod.body)
+        if action == "Ignore":
+            return
+        job.failures += 1
+        job.failed += 1
+        if action == "FailJob":
+            self._finish(job, "Failed", "PodFailurePolicy", message)
 
     def _delete_pod_locked(self, pod: _PodRec, count_failure: bool) -> None:
         if pod.deleting:
             return
+        job = pod.job
+        policy = job is not None and not job.gone and job.body["spec"].get("podFailurePolicy")
+        if count_failure and policy and _is_active(pod):
+            # The kubelet kills it and reports it Failed before it goes: the policy decides.
+            self._pod_exit(pod, k8s_disruption.KILLED_EXIT_CODE, k8s_disruption.KILLED_REASON)
         was_active = _is_active(pod)
         pod.deleting = True
         self._sim_pods.discard(pod)
@@ -1807,6 +1872,58 @@ class K8sEmulator:
         """Simulated mode: keep running pods Running until hold(False)."""
         with self._lock:
             self._held = on
+
+    # ----------------------------------------------------------------- disruptions
+
+    def preempt(
+        self,
+        job_name_or_key: str,
+        reason: str = "PreemptionByScheduler",
+        *,
+        delete: bool = False,
+        timeout: float = 30.0,
+    ) -> dict:
+        """Take a Job's pod away as the cluster does, once it runs: the pod gets the
+        DisruptionTarget condition `reason` writes (k8s_disruption.DISRUPTIONS), its container
+        is SIGKILLed and the pod ends Failed (exit code 137, reason Error), so the Job
+        controller applies the podFailurePolicy. `delete`: the pod is then deleted too, as the
+        scheduler, the Eviction API and the taint manager do (the kubelet, for a node shutdown,
+        does not). Matches a Job as set_outcome does; returns the pod's body."""
+        k8s_disruption.disruption_condition(reason)  # an unknown reason fails here, not later
+        with self._changed:
+            pod = self._changed.wait_for(lambda: self._running_pod(job_name_or_key), timeout)
+            if pod is None:
+                raise TimeoutError(f"no pod of job {job_name_or_key!r} ran within {timeout} s")
+            container = self._disrupt_locked(pod, reason)
+            if delete:
+                self._delete_pod_locked(pod, count_failure=False)
+            body = pod.body
+        if container is not None:
+            _kill(container)
+        return json.loads(pod.encoded(body))
+
+    def _running_pod(self, job_name_or_key: str) -> _PodRec | None:
+        """The running pod of the unfinished Job so named; None while there is none yet.
+        Under the lock."""
+        jobs = [
+            job
+            for job in self._jobs.values()
+            if job_name_or_key in (job.key, job.body["metadata"]["name"], job.job_key)
+        ]
+        if jobs and all(job.conditions or job.deleting for job in jobs):
+            raise RuntimeError(f"job {job_name_or_key!r} has already finished")
+        for job in jobs:
+            for pod in reversed(job.pods):
+                if pod.phase == "Running" and not pod.waiting and not pod.deleting:
+                    return pod
+        return None
+
+    def _disrupt_locked(self, pod: _PodRec, reason: str):
+        """The condition, then the kill as the kubelet reports it; the container to SIGKILL."""
+        pod.disruption = k8s_disruption.disruption_condition(reason)
+        container = pod.container
+        self._pod_exit(pod, k8s_disruption.KILLED_EXIT_CODE, k8s_disruption.KILLED_REASON)
+        return container
 
     # ----------------------------------------------------------------- container pods
 

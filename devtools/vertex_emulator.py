@@ -21,7 +21,13 @@ QUEUED -> PENDING -> RUNNING -> SUCCEEDED on a timer (`run_containers=False`). L
 errors (including "job created but the response was lost") and server crashes can be injected
 while it runs, and every create is counted per job key so tests can assert "no duplicates".
 
+Vertex's per-minute request quotas (devtools.vertex_quota) are off unless set: `quota_submit`
+meters CreateCustomJob, `quota_manage` Get/List/Cancel/Delete, each per project and region over a
+sliding 60 s window of `clock` (time.monotonic unless a test swaps it); a call over budget gets
+RESOURCE_EXHAUSTED as from Vertex. `preempt(job)` ends a RUNNING job as a Spot VM preemption does.
+
     python -m devtools.vertex_emulator [--port N] [--latency S] [--error-rate F] [--simulate]
+        [--quota-submit 60/min] [--quota-manage 600/min]
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +55,7 @@ from google.cloud import aiplatform_v1
 from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 
-from devtools import test_pki
+from devtools import test_pki, vertex_quota
 
 SERVICE = "google.cloud.aiplatform.v1.JobService"
 KEY_LABEL = "caliban_job_key"
@@ -104,6 +111,18 @@ STATE_TERM_RE = re.compile(r"^state\s*(!=|=)\s*(JOB_STATE_[A-Z_]+)$")
 CODE_USER_ERROR = 3  # a replica exited non-zero, or its image could not be pulled
 CODE_DEADLINE = 4  # scheduling.timeout exceeded
 CODE_CANCELLED = 1
+CODE_UNAVAILABLE = 14  # infrastructure: the VM was preempted or lost; retriable
+REPLICA = "workerpool0-0"
+PREEMPTED = (
+    f"The replica {REPLICA} was preempted. Termination reason: Spot VM preemption (Compute "
+    "Engine reclaimed the VM). Vertex AI did not restart the job; submit it again to retry."
+)
+LOGS_HINT = (
+    "To find out more about why your job exited please check the logs: "
+    "https://console.cloud.google.com/logs/viewer?project={project}"
+    "&resource=ml_job%2Fjob_id%2F{job_id}&advancedFilter=resource.type%3D%22ml_job%22%0A"
+    "resource.labels.job_id%3D%22{job_id}%22"
+)
 
 
 class _Invalid(Exception):
@@ -232,6 +251,9 @@ class VertexEmulator(test_pki.GoogleService):
         seed: int = 0,
         key_label: str = KEY_LABEL,
         max_rpc_threads: int = 64,
+        quota_submit: float | None = None,
+        quota_manage: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.port = port
         self.run_containers = run_containers
@@ -245,7 +267,11 @@ class VertexEmulator(test_pki.GoogleService):
         self.lost_response_rate = lost_response_rate
         self.methods_with_errors = set(methods_with_errors) if methods_with_errors else None
 
+        self.clock = clock  # the quota windows' time source; tests may swap it
+        self._quotas = vertex_quota.Quotas(submit=quota_submit, manage=quota_manage)
+
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified on every job state change
         self._rng = random.Random(seed)
         self._next_id = random.Random(seed + 1).randrange(10**17, 9 * 10**17) * 10
         self._seq = 0
@@ -379,18 +405,32 @@ class VertexEmulator(test_pki.GoogleService):
 
     def _with_faults(self, method: str, fn):
         """Every RPC: counted, delayed, refused without a valid credential (before any work, as
-        Google does), then perhaps failed by an injected fault."""
+        Google does) or over its quota, then perhaps failed by an injected fault."""
+        kind = vertex_quota.SUBMIT if method == "CreateCustomJob" else vertex_quota.MANAGE
+        by_parent = method in ("CreateCustomJob", "ListCustomJobs")
 
         def handler(request, context):
             denied = self._keys.refusal(context.invocation_metadata())
+            over = None
+            if denied is None:
+                resource = request.parent if by_parent else request.name
+                try:
+                    self._quotas.admit(kind, method, resource, self.clock())
+                except vertex_quota.QuotaExceeded as err:
+                    over = err
             with self._lock:
                 self._calls[method] += 1
                 # Refused calls draw no fault, so the seeded fault sequence stays the same.
-                fault, lost = (None, False) if denied else self._draw_fault(method)
+                refused = denied is not None or over is not None
+                fault, lost = (None, False) if refused else self._draw_fault(method)
             if self.latency > 0:
                 time.sleep(self.latency)
             if denied is not None:
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, denied)
+            if over is not None:  # with the details Google sends (ErrorInfo, Help)
+                details = over.status.SerializeToString()
+                context.set_trailing_metadata((("grpc-status-details-bin", details),))
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, over.message)
             if fault is not None and not lost:
                 context.abort(fault, f"injected {fault.name} on {method}")
             try:
@@ -541,6 +581,7 @@ class VertexEmulator(test_pki.GoogleService):
         if state in TERMINAL:
             job.end_time.GetCurrentTime()
             self._active.discard(job.name)
+        self._changed.notify_all()
 
     # ----------------------------------------------------------------- simulated jobs
 
@@ -593,6 +634,63 @@ class VertexEmulator(test_pki.GoogleService):
             container = record.container
         if container is not None:
             _kill(container)
+
+    def preempt(self, job_name_or_key: str, *, timeout: float = 60.0) -> str:
+        """End a job as Vertex ends one whose Spot VM is preempted: its container killed, the job
+        FAILED with error code 14 (UNAVAILABLE) and a "was preempted" message. See
+        fail_infrastructure for which job, the wait and the errors. Returns the job's name."""
+        return self.fail_infrastructure(job_name_or_key, PREEMPTED, timeout=timeout)
+
+    def fail_infrastructure(
+        self,
+        job_name_or_key: str,
+        message: str,
+        *,
+        code: int = CODE_UNAVAILABLE,
+        timeout: float = 60.0,
+    ) -> str:
+        """Fail a RUNNING job for an infrastructure reason (either mode; a container is killed):
+        FAILED with error `code` and `message`, followed by Vertex's pointer to the job's logs.
+
+        The job is named by resource name or by key label value (the newest such job). Waits
+        until it is RUNNING; raises LookupError if there is no such job, RuntimeError if it ends
+        (or is deleted) first and TimeoutError after `timeout` seconds. Returns its name."""
+        with self._changed:
+            record = self._find(job_name_or_key)
+            if record is None:
+                raise LookupError(f"no custom job named or keyed {job_name_or_key!r}")
+            name = record.proto.name
+
+            def ready() -> bool:
+                state = record.proto.state
+                return state == RUNNING or state in TERMINAL or name not in self._jobs
+
+            if not self._changed.wait_for(ready, timeout):
+                state = _state_name(record.proto.state)
+                raise TimeoutError(f"job {name} is still {state} after {timeout:g} s")
+            if name not in self._jobs:
+                raise RuntimeError(f"job {name} was deleted before it ran")
+            if record.proto.state != RUNNING:
+                raise RuntimeError(f"job {name} already ended {_state_name(record.proto.state)}")
+            self._set_state(record, FAILED, code, f"{message} {_logs_hint(name)}")
+            container = record.container
+        if container is not None:
+            _kill(container)  # its worker sees the job ended and only removes the container
+        return name
+
+    def _find(self, job_name_or_key: str) -> _Job | None:
+        """By name, else the newest job with that key label value. Under the lock."""
+        record = self._jobs.get(job_name_or_key)
+        if record is None:
+            for candidate in reversed(self._jobs.values()):
+                if candidate.key == job_name_or_key:
+                    return candidate
+        return record
+
+    def set_quota(self, **limits: float | None) -> None:
+        """set_quota(submit=..., manage=...): calls per minute per project and region, None =
+        unlimited; a limit not passed stays. Calls in the last 60 s count against a new one."""
+        self._quotas.set(**limits)
 
     # ----------------------------------------------------------------- container jobs
 
@@ -671,9 +769,11 @@ class VertexEmulator(test_pki.GoogleService):
             elif exit_code == 0:
                 self._set_state(record, SUCCEEDED)
             else:
+                # Vertex's wording, so a client can parse the status; "exit code N" leads.
                 message = (
-                    f"exit code {exit_code}: the replica workerpool0-0 exited with a "
-                    f"non-zero status of {exit_code}. Last log lines:\n{logs}"
+                    f"exit code {exit_code}: The replica {REPLICA} exited with a non-zero "
+                    f"status of {exit_code}. Termination reason: Error. "
+                    f"{_logs_hint(name)}\nLast log lines:\n{logs}"
                 )
                 self._set_state(record, FAILED, CODE_USER_ERROR, message)
 
@@ -727,6 +827,25 @@ class VertexEmulator(test_pki.GoogleService):
         with self._lock:
             return list(self._create_times)
 
+    def quotas(self) -> dict[str, float | None]:
+        """The limits now: {"submit": per minute or None, "manage": ...}."""
+        return self._quotas.limits()
+
+    def refused(self) -> collections.Counter[str]:
+        """Calls answered RESOURCE_EXHAUSTED for being over quota, by method (injected faults
+        are not counted here)."""
+        return self._quotas.refused()
+
+    def accepted_times(self, kind: str) -> list[float]:
+        """`clock()` times of the calls the "submit" or "manage" quota let through, in order
+        (unlimited or not), e.g. for vertex_quota.busiest_window()."""
+        return self._quotas.accepted_times(kind)
+
+
+def _logs_hint(name: str) -> str:
+    project = name.split("/")[1]
+    return LOGS_HINT.format(project=project, job_id=name.rsplit("/", 1)[1])
+
 
 def _kill(container) -> None:
     # SIGKILL, not stop(): a shell as PID 1 ignores SIGTERM and would cost the 10 s grace.
@@ -762,6 +881,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simulate", action="store_true", help="no Docker: jobs on a timer")
     parser.add_argument("--sim-step", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    for kind, what in (("submit", "CreateCustomJob"), ("manage", "Get/List/Cancel/Delete")):
+        parser.add_argument(
+            f"--quota-{kind}",
+            type=vertex_quota.rate_arg,
+            default=None,
+            metavar="N/min|N/s",
+            help=f"{what} calls allowed per project and region (default: unlimited)",
+        )
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -774,6 +901,8 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         error_rate=args.error_rate,
         seed=args.seed,
+        quota_submit=args.quota_submit,
+        quota_manage=args.quota_manage,
     )
     with emulator:
         # The endpoint, then the environment a client needs, as NAME=value lines for a shell.

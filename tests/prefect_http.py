@@ -9,8 +9,10 @@ only by an in-process `backend` call, and may still be another test's home's.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,3 +72,24 @@ def api_client(url: str, where: Where, **kwargs: Any) -> httpx.Client:
     """An httpx client on the home's API at `url`; no proxy (the server is on loopback)."""
     kwargs.setdefault("trust_env", False)
     return httpx.Client(base_url=url, headers=auth_headers(where), **kwargs)
+
+
+@contextlib.contextmanager
+def own_server(home: Path) -> Iterator[str]:
+    """The embedded Prefect server of a new caliban home, started in another process; its
+    API URL, with this process's clients sending its secret until it is stopped."""
+    from tests.conftest import BIN
+
+    env = {**os.environ, "CALIBAN_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    code = "from caliban_flows.server import backend; print(backend.use_backend())"
+    out = subprocess.run([str(BIN / "python"), "-c", code], env=env, capture_output=True,
+                         text=True, timeout=180, check=True)  # fmt: skip
+    mp = pytest.MonkeyPatch()
+    use_auth(mp, home)  # prefect_api.client in this process: the server is another process's
+    try:
+        yield out.stdout.strip().splitlines()[-1]
+    finally:
+        mp.undo()
+        stop = "from caliban_flows.server import backend; backend.stop()"
+        subprocess.run([str(BIN / "python"), "-c", stop], env=env, timeout=60)

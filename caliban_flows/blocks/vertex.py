@@ -19,7 +19,18 @@ from pydantic import Field
 from caliban_flows.blocks.saved import load_saved
 
 BLOCK_TYPE = "Caliban Vertex Settings"
-SETTINGS = ("project", "region", "service_account", "network", "registry", "max_qps", "spot")
+SETTINGS = (
+    "project",
+    "region",
+    "service_account",
+    "network",
+    "registry",
+    "max_qps",
+    "submit_quota",
+    "manage_quota",
+    "max_restarts",
+    "spot",
+)
 
 
 class VertexSettings(Block):
@@ -55,9 +66,27 @@ class VertexSettings(Block):
         description="Where images are pushed, e.g. us-central1-docker.pkg.dev/PROJECT/caliban.",
     )
     max_qps: float | None = Field(
-        default=None, gt=0, description="Most job submissions per second."
+        default=None, gt=0, description="Most Vertex AI requests per second (default 10)."
+    )
+    submit_quota: float | None = Field(
+        default=None,
+        gt=0,
+        description="Job submissions a minute this project and region allow (Vertex's default "
+        "quota: 60). Shared by every caliban using them.",
+    )
+    manage_quota: float | None = Field(
+        default=None,
+        gt=0,
+        description="Get, list and cancel requests a minute they allow (default quota: 600).",
     )
     spot: bool = Field(default=False, description="Run jobs on Spot VMs.")
+    max_restarts: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="Restart a job ended by a Spot preemption, a stockout or a lost VM up to "
+        "this many times.",
+    )
     gcp_credentials: GcpCredentials | None = Field(
         default=None,
         description="Credentials for submitting jobs; unset: Application Default Credentials.",

@@ -137,6 +137,8 @@ def submit(
     registry: o.Registry = None,
     registry_block: o.RegistryBlock = None,
     max_qps: o.MaxQps = None,
+    max_restarts: o.MaxRestarts = None,
+    restart_on_exit_codes: o.RestartOnExitCodes = None,
     max_running: o.MaxRunning = None,
     pool: o.Pool = None,
     wait: o.Wait = False,
@@ -154,7 +156,8 @@ def submit(
         cluster_block=cluster_block, cluster_name=cluster_name, project_id=project_id,
         zone=zone, min_cpu=min_cpu, min_mem=min_mem, tpu_driver=tpu_driver,
         nonpreemptible_tpu=nonpreemptible_tpu, nonpreemptible=nonpreemptible,
-        backoff_limit=backoff_limit, cloud_key=cloud_key,
+        backoff_limit=backoff_limit, cloud_key=cloud_key, max_restarts=max_restarts,
+        restart_on_exit_codes=restart_on_exit_codes or [],
     )  # fmt: skip
     p = submit_plan("cluster job submit", module, rest, options,
                     experiment_config=experiment_config, xgroup=xgroup, name=name,

@@ -123,9 +123,20 @@ def _text(rows: list[dict]) -> str:
                     f"{r['created']} id: {(r['remote_id'] or '-').rsplit('/', 1)[-1][-12:]} image: "
                     f"{r['image'] or '-'} attempt {r['attempt']}/{r['attempts']}{exit_code}"
                     + _duplicates(r)
+                    + _restarted(r)
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def _restarted(row: dict) -> str:
+    """Why --max_restarts made this attempt (what ended the one before), and the restarts
+    the platform made inside it (a Kubernetes Job's replaced pods)."""
+    why = row.get("restart_reason")
+    inside = row.get("restarts") or []
+    return (f" (restarted: {why})" if why else "") + (
+        f" (restarted {len(inside)}x: {'; '.join(inside)})" if inside else ""
+    )
 
 
 def _duplicates(row: dict) -> str:

@@ -215,8 +215,59 @@ MaxQps = Annotated[
         "--max_qps",
         metavar="N",
         min=0.1,
-        help="Vertex AI requests per second while submitting (default 5, under the default "
-        "per-region quotas).",
+        help="Most API requests per second while submitting (Vertex AI: default 10, and "
+        "creates also keep to --submit_quota).",
+    ),
+]
+MaxRestarts = Annotated[
+    int | None,
+    typer.Option(
+        "--max_restarts",
+        metavar="N",
+        min=0,
+        max=100,
+        help="Restart a job that the infrastructure ended (Spot preemption, stockout, a lost "
+        "VM or node, eviction) up to N times, as attempt 2, 3 ... Its own failures are not "
+        "restarted.",
+    ),
+]
+
+
+def _exit_codes(text: str | None) -> str | None:
+    for part in (text or "").split(","):
+        if part.strip() and not (part.strip().isdigit() and 1 <= int(part) <= 255):
+            raise typer.BadParameter(f"{part.strip()!r} is not an exit code (1-255): e.g. 137,143")
+    return text
+
+
+RestartOnExitCodes = Annotated[
+    str | None,
+    typer.Option(
+        "--restart_on_exit_codes",
+        metavar="CODES",
+        callback=_exit_codes,
+        help="Also restart a job whose code exits with one of these, e.g. 137,143 (needs "
+        "--max_restarts).",
+    ),
+]
+SubmitQuota = Annotated[
+    float | None,
+    typer.Option(
+        "--submit_quota",
+        metavar="PER_MINUTE",
+        min=0.1,
+        help="Vertex AI job submissions a minute your project allows in the region (default "
+        "60, Vertex's default quota). Shared by every caliban on the same Prefect server.",
+    ),
+]
+ManageQuota = Annotated[
+    float | None,
+    typer.Option(
+        "--manage_quota",
+        metavar="PER_MINUTE",
+        min=0.1,
+        help="Vertex AI get, list and cancel requests a minute your project allows in the "
+        "region (default 600, Vertex's default quota).",
     ),
 ]
 Wait = Annotated[

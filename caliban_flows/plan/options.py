@@ -7,7 +7,7 @@ deployment's YAML fail the run instead of being ignored.
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 
 class SubmitOptions(BaseModel):
@@ -39,6 +39,30 @@ class RemoteOptions(SubmitOptions):
         None, description="Prefect 'Docker Registry Credentials' block to push with."
     )
     wait: bool = Field(False, description="Follow the jobs to their end.")
+    max_restarts: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Restart a job the infrastructure ended (preempted, evicted) up to N times.",
+    )
+    restart_on_exit_codes: list[int] = Field(
+        default_factory=list,
+        description="Also restart a job whose code exited with one of these, e.g. [137, 143].",
+    )
+
+    @field_validator("restart_on_exit_codes", mode="before")
+    @classmethod
+    def _codes(cls, value):
+        """'137,143' (the flag's text) or a list; each an exit code 1-255."""
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            if not all(p.isdigit() for p in parts):
+                raise ValueError(f"{value!r}: give exit codes separated by commas, e.g. 137,143")
+            value = [int(p) for p in parts]
+        for code in value or []:
+            if not 1 <= int(code) <= 255:
+                raise ValueError(f"exit code {code} is not one a job can exit with (1-255)")
+        return sorted(set(int(c) for c in value or []))
 
 
 class LocalOptions(SubmitOptions):
@@ -68,6 +92,12 @@ class VertexOptions(RemoteOptions):
     timeout: str | None = Field(None, description="Stop a job after this long: 3600, 90m, 12h.")
     restart_on_worker_restart: bool = Field(
         False, description="Restart the job when its worker VM restarts."
+    )
+    submit_quota: float | None = Field(
+        None, gt=0, description="Job submissions a minute the project and region allow (60)."
+    )
+    manage_quota: float | None = Field(
+        None, gt=0, description="Get, list and cancel calls a minute they allow (600)."
     )
     vertex_block: str | None = Field(
         None, description="Defaults from this 'Caliban Vertex Settings' block."

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from caliban_flows.plan import project as sub
 from caliban_flows.plan.options import KubernetesOptions, LocalOptions, VertexOptions
+from caliban_flows.spec.errors import SpecError
 
 
 @dataclass
@@ -78,12 +79,32 @@ def vertex(options: VertexOptions, *, probe: bool) -> Placed:
         "region": placement.region,
         "placement": asdict(placement),
         "max_qps": options.max_qps or defaults.get("max_qps"),
+        "submit_quota": options.submit_quota or defaults.get("submit_quota"),
+        "manage_quota": options.manage_quota or defaults.get("manage_quota"),
+        **restart_policy(options, defaults),
         "credentials_block": options.vertex_block,
         # Where the key is, never what it holds: status, stop and resubmit read it there.
         "credentials_file": service_account_key(options.cloud_key) if options.cloud_key else None,
     }
     registry = options.registry or defaults.get("registry")
     return Placed(recorded, gpu, tpu, registry, shown={"placement": placement})
+
+
+def restart_policy(options, defaults: dict) -> dict:
+    """--max_restarts and --restart_on_exit_codes, as a run records them (state/restarts.py)."""
+    restarts = options.max_restarts
+    restarts = restarts if restarts is not None else defaults.get("max_restarts") or 0
+    codes = options.restart_on_exit_codes or list(defaults.get("restart_on_exit_codes") or [])
+    if codes and not restarts:
+        raise SpecError("--restart_on_exit_codes needs --max_restarts N (N restarts at most)")
+    return {"max_restarts": restarts, "restart_on_exit_codes": codes}
+
+
+def _k8s_restarts(policy: dict) -> dict:
+    return {
+        "max_restarts": policy["max_restarts"],
+        "restart_on_exit_codes": tuple(policy["restart_on_exit_codes"]),
+    }
 
 
 def kubernetes(options: KubernetesOptions, *, probe: bool) -> Placed:
@@ -119,6 +140,8 @@ def kubernetes(options: KubernetesOptions, *, probe: bool) -> Placed:
         backoff_limit=backoff
         if backoff is not None
         else defaults.get("backoff_limit", kj.DEFAULT_BACKOFF_LIMIT),
+        # The Job itself replaces a disrupted pod (its podFailurePolicy): no caliban restart.
+        **_k8s_restarts(restart_policy(options, defaults)),
     )
     if probe:
         where.connect(resources)  # a kubeconfig with no context to use: jobs must go somewhere

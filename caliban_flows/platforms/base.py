@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from caliban_flows.platforms.pacing import BudgetFactory
 
 # Labels we put on every remote job, so one list call by xgroup finds them all again.
 XGROUP_LABEL = "caliban.xgroup"
@@ -108,6 +111,12 @@ class RemoteJob:
     exit_code: int | None = None
     console_url: str | None = None
     detail: str | None = None  # the platform's word on a failure, e.g. Vertex's error message
+    # Why the infrastructure, not the job's code, ended it (Spot preemption, stockout, a lost
+    # VM or node); None when it ended on its own. Such a job may be restarted (--max_restarts).
+    infra: str | None = None
+    # What the platform itself already restarted inside this job, oldest first, one reason
+    # each (a Kubernetes Job replaces a disrupted pod on its own).
+    restarts: tuple[str, ...] = ()
 
 
 class Platform(Protocol):
@@ -121,9 +130,11 @@ class Platform(Protocol):
         *,
         max_qps: float,
         on_job: Callable[[RemoteJob, bool], None] = ...,
+        budgets: BudgetFactory | None = None,
     ) -> list[RemoteJob]:
         """Start every job the platform lacks (never a second one for a key and attempt);
-        every request's remote job, in order. `on_job(job, new)` as each becomes known."""
+        every request's remote job, in order. `on_job(job, new)` as each becomes known.
+        A platform with per-minute quotas shares them through `budgets` (pacing.py)."""
         ...
 
     def poll(self, xgroup: str) -> list[RemoteJob]:

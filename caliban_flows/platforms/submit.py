@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from caliban_flows.platforms.base import JobRequest, RemoteJob, first_line
 
 if TYPE_CHECKING:
     from aiolimiter import AsyncLimiter
 
-# Every job a group has on the platform; each API call it makes first takes a limiter token.
-ListGroup = Callable[["AsyncLimiter", str], Awaitable[list[RemoteJob]]]
+# Every job a group has on the platform; each API call it makes first waits for the limiter
+# (a token bucket, or the platform's own pacing).
+ListGroup = Callable[[Any, str], Awaitable[list[RemoteJob]]]
 # One new job for a request, paced by the limiter, retried on the platform's transient errors.
-CreateJob = Callable[["AsyncLimiter", JobRequest], Awaitable[RemoteJob]]
+CreateJob = Callable[[Any, JobRequest], Awaitable[RemoteJob]]
 Describe = Callable[[BaseException], str]
 
 
@@ -72,14 +73,17 @@ async def submit_paced(
     max_in_flight: int,
     on_job: Callable[[RemoteJob, bool], None],
     describe: Describe = first_line,
+    limiter: Any = None,
 ) -> list[RemoteJob]:
     """Create what the requests' groups lack; every request's remote job, in order.
 
     `on_job(job, new)` is called once per request as soon as its job is known (new=False when
     it already existed remotely). When some creates fail the others still finish, and
-    SubmitError (its message naming the first failure by `describe`) lists both.
+    SubmitError (its message naming the first failure by `describe`) lists both. `limiter`,
+    handed to `list_group` and `create`, is a token bucket at `max_qps` unless the platform
+    brings its own pacing.
     """
-    limiter = rate_limiter(max_qps)
+    limiter = limiter if limiter is not None else rate_limiter(max_qps)
     gate = asyncio.Semaphore(max_in_flight)
     # One listing per group up front instead of a lookup per job: this is what makes a
     # resubmitted batch skip the jobs it made last time.

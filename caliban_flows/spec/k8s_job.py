@@ -2,7 +2,8 @@
 
 Pure: `--dry_run` prints these without loading the Kubernetes client, and the platform adapter
 sends them as they are. On GKE, accelerators and spot nodes are picked with GKE's node labels
-(and tolerations); elsewhere a GPU is only an `nvidia.com/gpu` limit.
+(and tolerations); elsewhere a GPU is only an `nvidia.com/gpu` limit. With --max_restarts a Job
+carries a podFailurePolicy, and what its failed pods say back is read here too (`failed_pod`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,35 @@ TPU_VERSION_ANNOTATION = "tf-version.cloud-tpus.google.com"
 # Caliban's TPUs on GKE: Cloud TPU nodes named by a resource limit, driver by annotation.
 TPU_RESOURCES = {"V2": "v2", "V3": "v3"}
 
+# The pod failure policy (batch/v1, Kubernetes >= 1.26) that --max_restarts adds: a pod the
+# cluster disrupted (preempted, evicted, its node drained) or that exited with a named code is
+# replaced and counted against backoffLimit (= max_restarts), any other failure of the code
+# ends the Job at once. Count, not Ignore, for disruptions: Ignore would replace a preempted
+# pod forever, and --max_restarts N promises at most N restarts.
+CONTAINER_NAME = "caliban"
+DISRUPTION_TARGET = "DisruptionTarget"
+MAX_EXIT_CODE = 255
+# Kubernetes takes at most 255 values in a rule; the FailJob rule lists 0 and every named code.
+MAX_RESTART_CODES = 254
+
+# A DisruptionTarget condition's reason (who took the pod away), in words.
+DISRUPTIONS = {
+    "PreemptionByScheduler": "preempted",
+    "EvictionByEvictionAPI": "evicted",
+    "DeletionByTaintManager": "node tainted NoExecute",
+    "DeletionByPodGC": "node gone",
+    "TerminationByKubelet": "node shut down",  # a GKE Spot VM's preemption looks like this
+}
+# A pod the kubelet failed for its node's sake (its status.reason), with or without the
+# condition (clusters before 1.26 have none).
+NODE_REASONS = {
+    "Evicted": "evicted by the kubelet",
+    "Terminated": "node shut down",
+    "Shutdown": "node shut down",
+    "NodeShutdown": "node shutting down",
+    "NodeLost": "node lost",
+}
+
 _NAME_PART = re.compile(r"[^a-z0-9-]")
 _VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]")
 _KEY_BAD = re.compile(r"[^a-z0-9_.-]")
@@ -52,6 +82,14 @@ class Resources:
     spot: bool = True  # GKE only
     gke: bool = False
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT
+    # Disruptions the cluster replaces the pod for, without limit; with restart_on_exit_codes,
+    # up to max_restarts pods that ended on one of those codes are replaced too.
+    max_restarts: int = 0
+    restart_on_exit_codes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A recorded placement comes back from JSON with a list here.
+        object.__setattr__(self, "restart_on_exit_codes", tuple(self.restart_on_exit_codes))
 
 
 def resources(
@@ -65,6 +103,8 @@ def resources(
     tpu_driver: str = "1.14",
     gke: bool = False,
     backoff_limit: int = DEFAULT_BACKOFF_LIMIT,
+    max_restarts: int = 0,
+    restart_on_exit_codes: Sequence[int] = (),
 ) -> Resources:
     """From Caliban's flags; `gpu` / `tpu` are spec.accelerators' GpuSpec / TpuSpec."""
     if tpu is not None and tpu.tpu not in TPU_RESOURCES:
@@ -74,6 +114,7 @@ def resources(
         )
     if backoff_limit < 0:
         raise SpecError(f"--backoff_limit {backoff_limit} must be 0 or more")
+    codes = restart_codes(max_restarts, restart_on_exit_codes)
     accelerated = gpu is not None or tpu is not None
     cpu = (
         min_cpu
@@ -92,7 +133,57 @@ def resources(
         spot=not nonpreemptible,
         gke=gke,
         backoff_limit=backoff_limit,
+        max_restarts=max_restarts,
+        restart_on_exit_codes=codes,
     )
+
+
+def restart_codes(max_restarts: int, exit_codes: Sequence[int]) -> tuple[int, ...]:
+    """The exit codes a pod is restarted on, checked: sorted and unique, as Kubernetes wants."""
+    if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < 0:
+        raise SpecError(f"--max_restarts {max_restarts} must be 0 or more")
+    bad = [
+        c
+        for c in exit_codes
+        if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_EXIT_CODE
+    ]
+    if bad:
+        raise SpecError(
+            f"--restart_on_exit_codes {bad[0]}: exit codes are 1 to {MAX_EXIT_CODE} "
+            "(0 is success, never restarted)"
+        )
+    codes = tuple(sorted(set(exit_codes)))
+    if codes and not max_restarts:
+        raise SpecError("--restart_on_exit_codes needs --max_restarts 1 or more")
+    if len(codes) > MAX_RESTART_CODES:
+        raise SpecError(f"--restart_on_exit_codes takes at most {MAX_RESTART_CODES} exit codes")
+    return codes
+
+
+def pod_failure_policy(restart_on_exit_codes: Sequence[int]) -> dict:
+    """batch/v1 spec.podFailurePolicy; the first rule a failed pod matches decides."""
+    codes = sorted(set(restart_on_exit_codes))
+    rules: list[dict] = [
+        {"action": "Count", "onPodConditions": [{"type": DISRUPTION_TARGET, "status": "True"}]}
+    ]
+    if codes:
+        rules.append(
+            {
+                "action": "Count",
+                "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In", "values": codes},
+            }
+        )
+    rules.append(
+        {
+            "action": "FailJob",
+            "onExitCodes": {
+                "containerName": CONTAINER_NAME,
+                "operator": "NotIn",
+                "values": [0, *codes],
+            },
+        }
+    )
+    return {"rules": rules}
 
 
 def gke_accelerator(accelerator_type: str) -> str:
@@ -163,7 +254,7 @@ def job_manifest(
     if resources.gpu_count:  # GPU nodes are tainted so only GPU pods land there
         tolerations.append({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"})
     container: dict = {
-        "name": "caliban",
+        "name": CONTAINER_NAME,
         "image": image,
         "args": list(args),
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
@@ -186,15 +277,14 @@ def job_manifest(
     metadata: dict = {"name": name, "labels": dict(labels)}
     if namespace:
         metadata["namespace"] = namespace
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": metadata,
-        "spec": {
-            "backoffLimit": resources.backoff_limit,
-            "template": {"metadata": template_meta, "spec": pod},
-        },
+    spec: dict = {
+        "backoffLimit": resources.backoff_limit,
+        "template": {"metadata": template_meta, "spec": pod},
     }
+    if resources.max_restarts > 0:  # needs restartPolicy Never, as `pod` has
+        spec["backoffLimit"] = resources.max_restarts  # counts only the named exit codes now
+        spec["podFailurePolicy"] = pod_failure_policy(resources.restart_on_exit_codes)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
 
 
 def check_job_file(doc: object, source: str) -> dict:
@@ -224,3 +314,64 @@ def check_job_file(doc: object, source: str) -> dict:
             f"{source}: spec.template.spec.restartPolicy must be Never or OnFailure for a Job"
         )
     return doc
+
+
+# --------------------------------------------------------------------------- failed pods
+
+
+@dataclass(frozen=True)
+class FailedPod:
+    """One failed pod of a Job: its exit code, and the cluster's reason if the cluster ended it."""
+
+    exit_code: int | None
+    infra: str | None
+    why: str  # in words: the infrastructure's reason, else "exit code N"
+
+
+def disruption(pod: Mapping) -> str | None:
+    """Why the cluster, not the code, ended a pod (its JSON); None when it ended on its own."""
+    status = pod.get("status") or {}
+    node_reason = status.get("reason")
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == DISRUPTION_TARGET and condition.get("status") == "True":
+            reason = condition.get("reason") or DISRUPTION_TARGET
+            words = DISRUPTIONS.get(reason, "disrupted")
+            if reason == "TerminationByKubelet" and node_reason in NODE_REASONS:
+                words = NODE_REASONS[node_reason]  # node pressure says Evicted
+            return f"{words} ({reason})"
+    if node_reason in NODE_REASONS:
+        return f"{NODE_REASONS[node_reason]} ({node_reason})"
+    return None
+
+
+def failed_pod(pod: Mapping) -> FailedPod:
+    status = pod.get("status") or {}
+    code = None
+    for container in status.get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated")
+        if ended is not None:
+            code = ended.get("exitCode")
+    infra = disruption(pod)
+    if infra is not None:
+        why = infra
+    elif code is not None:
+        why = f"exit code {code}"
+    else:
+        why = f"failed ({status.get('reason') or 'no exit code'})"
+    return FailedPod(exit_code=code, infra=infra, why=why)
+
+
+def pod_age(pod: Mapping) -> tuple[str, str, int]:
+    """A sort key, oldest first. Timestamps are whole seconds: a pod replaced within the second
+    it was made is told from its replacement by when it ended, then by its last write (its
+    resourceVersion, an etcd revision: the replacement's life comes after the replaced one's)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    finished = ""
+    for container in status.get("containerStatuses") or []:
+        ended = (container.get("state") or {}).get("terminated") or {}
+        finished = max(finished, ended.get("finishedAt") or "")
+    try:
+        revision = int(meta.get("resourceVersion") or 0)
+    except ValueError:
+        revision = 0
+    return meta.get("creationTimestamp") or "", finished, revision

@@ -181,15 +181,23 @@ def _final(jobs) -> tuple[RemoteJob, ...] | None:
     if not isinstance(jobs, list):
         return None
     try:
-        return tuple(RemoteJob(**{**j, "state": JobState(j["state"])}) for j in jobs)
+        return tuple(
+            RemoteJob(
+                **{**j, "state": JobState(j["state"]), "restarts": tuple(j.get("restarts") or ())}
+            )
+            for j in jobs
+        )
     except (TypeError, ValueError, KeyError):
         return None  # not ours, or from another version: ask the platform
 
 
 def final_rows(jobs: Iterable[RemoteJob]) -> list[dict]:
     """A settled run's jobs, as the platform reported their end (records.final_artifact)."""
-    fields = ("key", "attempt", "remote_id", "exit_code", "console_url", "detail")
-    return [{**{f: getattr(j, f) for f in fields}, "state": j.state.value} for j in jobs]
+    fields = ("key", "attempt", "remote_id", "exit_code", "console_url", "detail", "infra")
+    return [
+        {**{f: getattr(j, f) for f in fields}, "state": j.state.value, "restarts": list(j.restarts)}
+        for j in jobs
+    ]
 
 
 def is_remote(run: GroupRun) -> bool:
@@ -343,6 +351,10 @@ def job_rows(runs: Iterable[GroupRun], remote: Remote) -> list[dict]:
                 "remote_id": found.remote_id if found else None,
                 "console_url": found.console_url if found else None,
                 "detail": lost or (found.detail if found else None),
+                # why --max_restarts started this attempt; None for a first attempt
+                "restart_reason": job.get("restart_reason"),
+                # what the platform restarted inside it (a Kubernetes Job's replaced pods)
+                "restarts": list(found.restarts) if found else [],
                 # Other remote jobs for this key and attempt: listed, and stopped with it.
                 "duplicates": [
                     j.remote_id

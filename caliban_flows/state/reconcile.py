@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable
 from caliban_flows.platforms import registry
 from caliban_flows.platforms.base import JobRequest, Platform, RemoteJob, first_line
 from caliban_flows.state import artifacts, prefect_api, records
+from caliban_flows.state.budgets import prefect_budgets
 from caliban_flows.state.groups import (
     ACTIVE_RUN_STATES,
     POLL_DEADLINE,
@@ -25,6 +26,7 @@ from caliban_flows.state.groups import (
     where,
 )
 from caliban_flows.state.limits import fill
+from caliban_flows.state.restarts import announce_platform_restarts, restart_due
 from caliban_flows.state.settle import settlements
 
 
@@ -90,9 +92,9 @@ class Platforms:
             JobRequest.of(run.xgroup, run.recipe_of(j), j, placement, secrets) for j in jobs
         ]
         adapter = self.open(run.platform, placement)
-        return asyncio.run(
-            adapter.submit_all(requests, max_qps=self.max_qps(run.platform, placement))
-        )
+        max_qps = self.max_qps(run.platform, placement)
+        with prefect_budgets() as budgets:
+            return asyncio.run(adapter.submit_all(requests, max_qps=max_qps, budgets=budgets))
 
     def poll(self, run: GroupRun) -> list[RemoteJob]:
         try:
@@ -126,6 +128,8 @@ def reconcile(
     for line in unreached(remote):
         if warn is not None:
             warn(line)
+    runs = restart_due(http, runs, remote, platforms.submit)  # before anything settles
+    announce_platform_restarts(http, runs, remote)
     settled = settlements(runs, remote)
     for s in settled:
         if s.cancel:

@@ -21,8 +21,12 @@ from caliban_flows.state import prefect_api
 JOBS_TYPE = "caliban-jobs"
 FINAL_TYPE = "caliban-final"
 PART_JOBS = 20_000  # jobs per artifact: a few hundred KB compressed
-JOB_FIELDS = ("experiment", "key", "attempt", "name", "args", "recipe")
-FINAL_FIELDS = ("key", "attempt", "remote_id", "state", "exit_code", "console_url", "detail")
+# restart_reason: why --max_restarts started this attempt (state/restarts.py); None at first.
+JOB_FIELDS = ("experiment", "key", "attempt", "name", "args", "recipe", "restart_reason")
+FINAL_FIELDS = (
+    "key", "attempt", "remote_id", "state", "exit_code", "console_url", "detail", "infra",
+    "restarts",
+)  # fmt: skip
 
 
 def pack(rows: Sequence[dict], fields: Sequence[str]) -> str:

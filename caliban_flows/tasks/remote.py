@@ -13,7 +13,9 @@ from prefect.cache_policies import NO_CACHE
 
 from caliban_flows.platforms.base import JobRequest, JobState, RemoteJob
 from caliban_flows.platforms.submit import NothingSubmitted
+from caliban_flows.state.budgets import prefect_budgets
 from caliban_flows.state.reconcile import Platforms
+from caliban_flows.state.restarts import Policy, reason
 from caliban_flows.tasks.progress import CountProgress
 
 POLL_ENVS = ("CALIBAN_POLL_SECONDS", "CALIBAN_VERTEX_POLL_SECONDS")
@@ -46,7 +48,10 @@ def submit_jobs(requests: list[JobRequest], platform: str, record: dict) -> list
 
         max_qps = Platforms.max_qps(platform, record)
         try:
-            return asyncio.run(remote.submit_all(requests, max_qps=max_qps, on_job=on_job))
+            with prefect_budgets() as budgets:
+                return asyncio.run(
+                    remote.submit_all(requests, max_qps=max_qps, on_job=on_job, budgets=budgets)
+                )
         except NothingSubmitted as e:
             _record_not_submitted(requests, str(e))
             raise
@@ -109,29 +114,62 @@ def monitor_jobs(
     `stop_requested()` is asked every round: when the group's flow run was cancelled (e.g.
     from the Prefect UI), the remote jobs are cancelled and their final states returned.
     With `refill` (--max_running), each round first submits queued jobs into free slots,
-    until `expected` jobs have been followed.
+    until `expected` jobs have been followed. With --max_restarts, a job the infrastructure
+    ended is restarted (state/restarts.py) and its new attempt followed; the newest attempt
+    of each job is returned.
     """
     remote = Platforms.open(platform, record)
     wanted = {j.remote_id for j in jobs}
     said = ""
     cancelled = False
+    policy = Policy.of(record)
+    asked: set[tuple[str, int]] = set()  # attempts a restart was already asked for
+    restarted = 0  # attempts in `wanted` that are restarts, not first submissions
     while True:
-        waiting = refill is not None and not cancelled and len(wanted) < (expected or 0)
+        waiting = refill is not None and not cancelled and len(wanted) - restarted < (expected or 0)
         if waiting:
             wanted |= {j.remote_id for j in refill()}
-        now = [j for j in remote.poll(xgroup) if j.remote_id in wanted]
+        now = _newest([j for j in remote.poll(xgroup) if j.remote_id in wanted])
+        due = [j for j in now if (j.key, j.attempt) not in asked and reason(j, policy)]
+        if policy.max_restarts and due and not cancelled:
+            asked |= {(j.key, j.attempt) for j in due}
+            before = len(wanted)
+            wanted |= _restart_round(xgroup)
+            restarted += len(wanted) - before
+            continue
         summary = _summary(now)
         if summary != said:
             print(f"xgroup {xgroup}: {summary}", file=sys.stderr, flush=True)
             said = summary
         running = [j.remote_id for j in now if not j.state.terminal]
-        waiting = refill is not None and not cancelled and len(wanted) < (expected or 0)
+        waiting = refill is not None and not cancelled and len(wanted) - restarted < (expected or 0)
         if not running and not waiting:
             return now
         if not cancelled and stop_requested():
             remote.cancel(running)
             cancelled = True
         time.sleep(poll_seconds())
+
+
+def _newest(jobs: list[RemoteJob]) -> list[RemoteJob]:
+    newest: dict[str, RemoteJob] = {}
+    for job in jobs:
+        if job.key not in newest or job.attempt > newest[job.key].attempt:
+            newest[job.key] = job
+    return list(newest.values())
+
+
+def _restart_round(xgroup: str) -> set[str]:
+    """A reconcile round of the group (it restarts what is due); this run's remote jobs."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    from caliban_flows.state import prefect_api
+    from caliban_flows.state.reconcile import reconcile
+
+    with prefect_api.client(PREFECT_API_URL.value()) as http:
+        _, rows = reconcile(http, Platforms(), xgroup)
+    return {r["remote_id"] for r in rows if r["flow_run_id"] == flow_run.id and r["remote_id"]}
 
 
 def _summary(jobs: list[RemoteJob]) -> str:

@@ -185,8 +185,10 @@ def test_a_thousand_submissions_under_injected_errors_make_no_duplicates(simulat
     sweep(project, 1000)
     xgroup = f"v1k-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
-    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--max_qps", "500", "--xgroup", xgroup,
-               "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+    # A project whose quota was raised: the injected errors, not the pace, are under test.
+    done = cli("cloud", "--nogpu", "--image_tag", IMAGE, "--max_qps", "500", "--submit_quota",
+               "30000", "--manage_quota", "30000", "--xgroup", xgroup, "--experiment_config",
+               "exp.json", "trainer.train")  # fmt: skip
     took = time.perf_counter() - start
     creates = emulator.creates_by_key()
     calls = emulator.calls()
@@ -205,8 +207,8 @@ def test_a_submission_killed_at_a_random_point_then_rerun_makes_each_job_once(si
     n = 300
     sweep(project, n)
     xgroup = f"vk-{uuid.uuid4().hex[:8]}"
-    argv = ["cloud", "--nogpu", "--image_tag", IMAGE, "--max_qps", "100", "--xgroup", xgroup,
-            "--experiment_config", "exp.json", "trainer.train"]  # fmt: skip
+    argv = ["cloud", "--nogpu", "--image_tag", IMAGE, "--max_qps", "100", "--submit_quota", "6000",
+            "--xgroup", xgroup, "--experiment_config", "exp.json", "trainer.train"]  # fmt: skip
     kill_after = random.randint(1, n - 50)
     first = subprocess.Popen([str(BIN / "caliban"), *argv], cwd=project, env=cli.env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -7,32 +7,19 @@ spends its time on the reading, not on submitting 1,200 groups.
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import httpx
 import pytest
 
 from caliban_flows.state import prefect_api
 from caliban_flows.state.groups import FLOW_NAME, active_xgroups, read_group_runs
-from tests.conftest import BIN
-from tests.prefect_http import use_auth
+from tests.prefect_http import own_server
 
 GROUPS = 1200
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
-    home = tmp_path_factory.mktemp("groups-home")
-    env = {**os.environ, "CALIBAN_HOME": str(home)}
-    env.pop("PREFECT_API_URL", None)
-    code = "from caliban_flows.server import backend; print(backend.use_backend())"
-    out = subprocess.run([str(BIN / "python"), "-c", code], env=env, capture_output=True,
-                         text=True, timeout=180, check=True)  # fmt: skip
-    url = out.stdout.strip().splitlines()[-1]
-    mp = pytest.MonkeyPatch()
-    use_auth(mp, home)  # the server started in another process: prefect_api.client needs it
-    try:
+    with own_server(tmp_path_factory.mktemp("groups-home")) as url:
         with prefect_api.client(url) as http:  # retries the 503 a busy SQLite server gives
             flow = http.post("/flows/", json={"name": FLOW_NAME}).raise_for_status().json()
             for i in range(GROUPS):
@@ -45,10 +32,6 @@ def api(tmp_path_factory):
                     "state": {"type": "RUNNING", "name": "Submitted"},
                 }).raise_for_status()  # fmt: skip
         yield url
-    finally:
-        mp.undo()
-        stop = "from caliban_flows.server import backend; backend.stop()"
-        subprocess.run([str(BIN / "python"), "-c", stop], env=env, timeout=60)
 
 
 def test_all_1200_active_groups_are_seen(api):

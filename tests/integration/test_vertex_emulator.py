@@ -23,7 +23,7 @@ from google.cloud.aiplatform_v1.services.job_service.transports.grpc_asyncio imp
 from google.oauth2 import service_account
 from google.protobuf import empty_pb2
 
-from devtools import engine
+from devtools import engine, vertex_quota
 from devtools.vertex_emulator import CONTAINER_JOB_LABEL, VertexEmulator
 from tests.conftest import wait_for
 
@@ -349,6 +349,181 @@ def test_crash_and_restart_keep_state(emu, client) -> None:
     assert emu.creates_by_key() == {"survivor": 1}
 
 
+# --------------------------------------------------------------------------- quotas
+
+
+class FakeClock:
+    """The quota windows' clock, moved by hand: no test waits out a minute."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(emu) -> FakeClock:
+    emu.clock = FakeClock()
+    return emu.clock
+
+
+def test_submit_quota_refuses_creates_but_not_lists(emu, client, clock) -> None:
+    emu.set_quota(submit=3)
+    for i in range(3):
+        client.create_custom_job(parent=PARENT, custom_job=make_job(f"s{i}"))
+    with pytest.raises(exceptions.ResourceExhausted) as err:
+        client.create_custom_job(parent=PARENT, custom_job=make_job("over"))
+    assert err.value.code == 429  # HTTP's Too Many Requests
+    assert err.value.grpc_status_code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    message = err.value.message
+    assert message.startswith("Quota exceeded for quota metric 'Job or long-running operation")
+    assert "per minute per region' of service 'aiplatform.googleapis.com'" in message
+    assert "over" not in emu.creates_by_key()
+
+    # Resource management has its own budget, and every other region its own.
+    assert len(list(client.list_custom_jobs(parent=PARENT))) == 3
+    elsewhere = "projects/emu-project/locations/europe-west4"
+    client.create_custom_job(parent=elsewhere, custom_job=make_job("eu"))
+
+    # Refusals spend nothing: after more of them, the window still holds only the 3 accepted.
+    clock.now += 30
+    for _ in range(5):
+        with pytest.raises(exceptions.ResourceExhausted):
+            client.create_custom_job(parent=PARENT, custom_job=make_job("over"))
+    clock.now += 30  # the first three are 60 s old: out of the window
+    for i in range(3):
+        client.create_custom_job(parent=PARENT, custom_job=make_job(f"t{i}"))
+    with pytest.raises(exceptions.ResourceExhausted):
+        client.create_custom_job(parent=PARENT, custom_job=make_job("over"))
+
+    assert emu.refused() == {"CreateCustomJob": 7}
+    submits = emu.accepted_times("submit")
+    assert submits == [1000.0] * 4 + [1060.0] * 3
+    assert vertex_quota.busiest_window(submits) == 4  # the 3 here and the 1 in europe-west4
+    assert emu.accepted_times("manage") == [1000.0]  # the list
+    assert emu.calls()["CreateCustomJob"] == 14
+
+
+def test_manage_quota_refuses_gets_lists_cancels_and_deletes(emu, client, clock) -> None:
+    emu.hold(True)
+    emu.set_quota(manage=4)
+    job = client.create_custom_job(parent=PARENT, custom_job=make_job("m1"))
+    client.get_custom_job(name=job.name)
+    list(client.list_custom_jobs(parent=PARENT))
+    client.cancel_custom_job(name=job.name)
+    client.get_custom_job(name=job.name)
+    for call in (
+        lambda: client.get_custom_job(name=job.name),
+        lambda: list(client.list_custom_jobs(parent=PARENT)),
+        lambda: client.cancel_custom_job(name=job.name),
+        lambda: client.delete_custom_job(name=job.name),
+    ):
+        with pytest.raises(exceptions.ResourceExhausted, match="Resource management"):
+            call()
+    # Creates have their own budget.
+    client.create_custom_job(parent=PARENT, custom_job=make_job("m2"))
+    assert emu.refused() == {
+        "GetCustomJob": 1,
+        "ListCustomJobs": 1,
+        "CancelCustomJob": 1,
+        "DeleteCustomJob": 1,
+    }
+    clock.now += 60
+    assert client.get_custom_job(name=job.name).name == job.name
+    assert len(emu.accepted_times("manage")) == 5
+
+
+def test_set_quota_changes_take_effect(emu, client, clock) -> None:
+    assert emu.quotas() == {"submit": None, "manage": None}
+    for i in range(5):
+        client.create_custom_job(parent=PARENT, custom_job=make_job(f"u{i}"))
+    emu.set_quota(submit=6)  # the 5 made in the last minute count against the new limit
+    client.create_custom_job(parent=PARENT, custom_job=make_job("u5"))
+    with pytest.raises(exceptions.ResourceExhausted):
+        client.create_custom_job(parent=PARENT, custom_job=make_job("u6"))
+    emu.set_quota(submit=None)
+    client.create_custom_job(parent=PARENT, custom_job=make_job("u6"))
+
+    emu.set_quota(manage=0)
+    assert emu.quotas() == {"submit": None, "manage": 0}
+    with pytest.raises(exceptions.ResourceExhausted):
+        list(client.list_custom_jobs(parent=PARENT))
+    emu.set_quota(manage=vertex_quota.parse_rate("10/s"))
+    assert emu.quotas()["manage"] == 600
+    assert len(list(client.list_custom_jobs(parent=PARENT))) == 7
+
+    with pytest.raises(TypeError):
+        emu.set_quota(submits=1)
+    with pytest.raises(ValueError):
+        emu.set_quota(manage=-1)
+    assert emu.refused() == {"CreateCustomJob": 1, "ListCustomJobs": 1}
+
+
+def test_quota_from_the_constructor_and_rates() -> None:
+    clock = FakeClock()
+    with VertexEmulator(quota_submit=1, quota_manage=2, clock=clock, sim_step=3600) as emu:
+        client = sync_client(emu)
+        job = client.create_custom_job(parent=PARENT, custom_job=make_job("c"))
+        with pytest.raises(exceptions.ResourceExhausted):
+            client.create_custom_job(parent=PARENT, custom_job=make_job("d"))
+        client.get_custom_job(name=job.name)
+        client.get_custom_job(name=job.name)
+        with pytest.raises(exceptions.ResourceExhausted):
+            client.get_custom_job(name=job.name)
+    assert [vertex_quota.parse_rate(r) for r in ("600/min", "10/s", "1.5/s", "0/min")] == [
+        600,
+        600,
+        90,
+        0,
+    ]
+    for bad in ("600", "10/h", "-1/s", "x/min"):
+        with pytest.raises(ValueError):
+            vertex_quota.parse_rate(bad)
+    assert vertex_quota.busiest_window([0, 10, 59.9, 60, 61, 200]) == 4
+
+
+# --------------------------------------------------------------------------- preemption
+
+
+def test_preempt_fails_a_running_job_with_code_14(emu, client) -> None:
+    emu.hold(True)
+    spot = client.create_custom_job(parent=PARENT, custom_job=make_job("spot"))
+    normal = client.create_custom_job(parent=PARENT, custom_job=make_job("normal"))
+    assert spot.state == S.JOB_STATE_QUEUED
+    assert emu.preempt("spot") == spot.name  # by key; waits for RUNNING
+    preempted = client.get_custom_job(name=spot.name)
+    assert preempted.state == S.JOB_STATE_FAILED
+    assert preempted.error.code == 14  # UNAVAILABLE: infrastructure, retriable
+    assert "The replica workerpool0-0 was preempted" in preempted.error.message
+    assert "Spot VM preemption" in preempted.error.message
+    assert preempted.start_time and preempted.end_time
+
+    emu.hold(False)
+    done = wait_state(client, normal.name, S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED)
+    assert done.state == S.JOB_STATE_SUCCEEDED and not done.error.message
+    assert client.get_custom_job(name=spot.name).state == S.JOB_STATE_FAILED
+
+    with pytest.raises(RuntimeError, match="already ended JOB_STATE_SUCCEEDED"):
+        emu.preempt(normal.name)
+    with pytest.raises(LookupError):
+        emu.preempt("no-such-key")
+    emu.hold(True)
+    other = client.create_custom_job(parent=PARENT, custom_job=make_job("infra"))
+    emu.fail_infrastructure(other.name, "The replica workerpool0-0 lost its VM.")
+    failed = client.get_custom_job(name=other.name)
+    assert failed.state == S.JOB_STATE_FAILED and failed.error.code == 14
+    assert failed.error.message.startswith("The replica workerpool0-0 lost its VM.")
+
+
+def test_preempt_raises_if_the_job_ends_first(emu, client) -> None:
+    emu.hold(True)
+    job = client.create_custom_job(parent=PARENT, custom_job=make_job("gone"))
+    emu.finish(job.name, "JOB_STATE_CANCELLED")
+    with pytest.raises(RuntimeError, match="CANCELLED"):
+        emu.preempt(job.name, timeout=30)
+
+
 # --------------------------------------------------------------------------- async client
 
 
@@ -413,7 +588,10 @@ def test_500_concurrent_creates_with_50ms_latency() -> None:
 
 def test_command_line_server() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devtools.vertex_emulator", "--simulate", "--latency", "0.01"],
+        [
+            *(sys.executable, "-m", "devtools.vertex_emulator", "--simulate", "--latency", "0.01"),
+            *("--quota-submit", "1/min", "--quota-manage", "10/s"),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -428,6 +606,8 @@ def test_command_line_server() -> None:
         client = v1.JobServiceClient(transport=JobServiceGrpcTransport(**auth))
         job = client.create_custom_job(parent=PARENT, custom_job=make_job("cli"))
         assert client.get_custom_job(name=job.name).labels["caliban_job_key"] == "cli"
+        with pytest.raises(exceptions.ResourceExhausted, match="per minute per region"):
+            client.create_custom_job(parent=PARENT, custom_job=make_job("cli2"))
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
@@ -480,6 +660,8 @@ def test_container_jobs_exit_codes(container_emu, docker_client, pushed_image) -
     assert ok_done.start_time and ok_done.end_time
     assert bad_done.state == S.JOB_STATE_FAILED
     assert "exit code 3" in bad_done.error.message
+    assert bad_done.error.code == 3
+    assert "The replica workerpool0-0 exited with a non-zero status of 3." in bad_done.error.message
     assert "about to fail" in bad_done.error.message
     assert docker_client.images.get(pushed_image)  # pulled from the registry
     leftovers = docker_client.containers.list(
@@ -501,6 +683,30 @@ def test_container_job_cancel(container_emu, docker_client, pushed_image) -> Non
     done = wait_state(client, job.name, S.JOB_STATE_CANCELLED, timeout=30)
     assert done.end_time
     assert docker_client.containers.list(all=True, filters=selector, ignore_removed=True) == []
+
+
+def test_container_job_preempted(container_emu, docker_client, pushed_image) -> None:
+    client = sync_client(container_emu)
+    job = client.create_custom_job(
+        parent=PARENT,
+        custom_job=make_job("spot", image=pushed_image, command=["sleep"], args=["300"]),
+    )
+    normal = client.create_custom_job(
+        parent=PARENT, custom_job=make_job("normal", image=pushed_image, args=["true"])
+    )
+    assert container_emu.preempt(job.name, timeout=60) == job.name  # waits for its container
+    done = client.get_custom_job(name=job.name)
+    assert done.state == S.JOB_STATE_FAILED and done.error.code == 14
+    assert "was preempted" in done.error.message
+    selector = {"label": f"{CONTAINER_JOB_LABEL}={job.name}"}
+    assert wait_for(
+        lambda: not docker_client.containers.list(all=True, filters=selector, ignore_removed=True),
+        timeout=30,
+        interval=0.1,
+    )
+    assert client.get_custom_job(name=job.name).error.code == 14  # the worker left it as it was
+    terminal = (S.JOB_STATE_SUCCEEDED, S.JOB_STATE_FAILED)
+    assert wait_state(client, normal.name, *terminal, timeout=60).state == S.JOB_STATE_SUCCEEDED
 
 
 def test_container_timeout_and_pull_failure(container_emu, pushed_image) -> None:

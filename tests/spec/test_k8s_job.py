@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import asdict
 
 import pytest
 
@@ -150,3 +152,97 @@ def test_a_users_job_file_is_checked_before_sending(change, needle):
         kj.check_job_file({**GOOD, **change}, "job.yaml")
     with pytest.raises(SpecError, match="mapping"):
         kj.check_job_file(["not", "a", "job"], "job.yaml")
+
+
+# --------------------------------------------------------------------------- --max_restarts
+
+
+def test_no_restarts_leave_the_manifest_as_it_was():
+    plain = manifest(kj.resources(min_cpu=None, min_mem=None, backoff_limit=2))
+    assert manifest(kj.resources(min_cpu=None, min_mem=None, backoff_limit=2, max_restarts=0)) == (
+        plain
+    )
+    assert list(plain["spec"]) == ["backoffLimit", "template"]
+    assert plain["spec"]["backoffLimit"] == 2
+
+
+def test_max_restarts_adds_a_pod_failure_policy():
+    res = kj.resources(min_cpu=None, min_mem=None, max_restarts=3)
+    spec = manifest(res)["spec"]
+    assert spec["backoffLimit"] == 3
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # what the policy needs
+    assert spec["podFailurePolicy"] == {
+        "rules": [
+            {
+                "action": "Count",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "caliban", "operator": "NotIn", "values": [0]},
+            },
+        ]
+    }
+    assert spec["template"]["spec"]["containers"][0]["name"] == "caliban"
+
+
+def test_named_exit_codes_are_counted_against_max_restarts():
+    res = kj.resources(
+        min_cpu=None, min_mem=None, max_restarts=2, restart_on_exit_codes=(143, 137, 143)
+    )
+    assert res.restart_on_exit_codes == (137, 143)
+    spec = manifest(res)["spec"]
+    disrupted, count, fail = spec["podFailurePolicy"]["rules"]
+    assert disrupted["action"] == "Count"  # bounded by backoffLimit = max_restarts
+    assert count == {
+        "action": "Count",
+        "onExitCodes": {"containerName": "caliban", "operator": "In", "values": [137, 143]},
+    }
+    assert fail == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "caliban", "operator": "NotIn", "values": [0, 137, 143]},
+    }
+    assert spec["backoffLimit"] == 2
+
+
+def test_max_restarts_wins_over_backoff_limit():
+    res = kj.resources(min_cpu=None, min_mem=None, backoff_limit=5, max_restarts=1)
+    assert manifest(res)["spec"]["backoffLimit"] == 1
+
+
+def test_recorded_resources_come_back_from_json():
+    res = kj.resources(min_cpu=None, min_mem=None, max_restarts=2, restart_on_exit_codes=[137])
+    back = kj.Resources(**json.loads(json.dumps(asdict(res))))
+    assert back == res and back.restart_on_exit_codes == (137,)
+    assert kj.Resources(cpu_millis=1).max_restarts == 0  # placements recorded before the flags
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"max_restarts": -1}, "--max_restarts -1 must be 0 or more"),
+        ({"max_restarts": 1, "restart_on_exit_codes": (0,)}, "--restart_on_exit_codes 0: "),
+        ({"max_restarts": 1, "restart_on_exit_codes": (256,)}, "1 to 255"),
+        ({"max_restarts": 1, "restart_on_exit_codes": (-3,)}, "1 to 255"),
+        ({"restart_on_exit_codes": (137,)}, "needs --max_restarts"),
+        ({"max_restarts": 1, "restart_on_exit_codes": range(1, 256)}, "at most 254"),
+    ],
+)
+def test_bad_restart_settings_are_refused_in_one_line(kwargs, needle):
+    with pytest.raises(SpecError) as err:
+        kj.resources(min_cpu=None, min_mem=None, **kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_policy_follows_kubernetes_rules():
+    """What the apiserver checks (pkg/apis/batch/validation): values sorted, unique, at most
+    255, no 0 with In; 254 named codes is the most that fits the FailJob rule."""
+    res = kj.resources(
+        min_cpu=None, min_mem=None, max_restarts=1, restart_on_exit_codes=range(1, 255)
+    )
+    for rule in manifest(res)["spec"]["podFailurePolicy"]["rules"]:
+        values = (rule.get("onExitCodes") or {}).get("values")
+        if values is None:
+            continue
+        assert values == sorted(set(values)) and len(values) <= 255
+        assert rule["onExitCodes"]["operator"] == "NotIn" or 0 not in values

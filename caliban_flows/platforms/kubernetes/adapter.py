@@ -9,6 +9,12 @@ answer is refused with 409 AlreadyExists and the existing Job is read instead. T
 is shared with Vertex AI (`platforms/submit.py`). Lists go by label selector, paged, and are
 parsed as plain JSON: the client's model deserializer costs about a millisecond per Job, which
 1,000 Jobs would turn into a second.
+
+A Job replaces a pod the cluster took away (preempted, evicted, its node gone) by itself when
+its podFailurePolicy says so (--max_restarts), counting it against backoffLimit. When some Job
+counted a failed pod, the group's failed pods, in one more list call, tell which pods each Job
+replaced and why (`RemoteJob.restarts`), and why the infrastructure ended a Job that failed
+(`RemoteJob.infra`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -140,10 +146,11 @@ class Kubernetes:
     # -- the platform protocol -------------------------------------------------------------
 
     def poll(self, xgroup: str) -> list[RemoteJob]:
-        """Every Job of the group: one paged list call (and one pod list if some failed)."""
+        """Every Job of the group: one paged list call, and one list of the group's failed pods
+        when a Job has some (it failed, or counted a failed pod)."""
         jobs = self._list_jobs(f"{kj.XGROUP_ID_LABEL}={kj.xgroup_id(xgroup)}")
-        codes = self._exit_codes(xgroup) if any(_failed(j) for j in jobs) else {}
-        return [self._remote(job, codes) for job in jobs]
+        pods = self._failed_pods(xgroup) if any(_may_have_failed_pods(j) for j in jobs) else {}
+        return [self._remote(job, pods) for job in jobs]
 
     def cancel(self, remote_ids: Sequence[str]) -> None:
         api_exception = kube_client.api_exception()
@@ -215,6 +222,7 @@ class Kubernetes:
         *,
         max_qps: float = DEFAULT_MAX_QPS,
         on_job: Callable[[RemoteJob, bool], None] = lambda job, new: None,
+        budgets: object = None,  # a cluster has no per-minute quota: its own client-side pace
     ) -> list[RemoteJob]:
         """Create what the group lacks; every request's remote job, in order."""
         # Its own threads: asyncio's default pool has only cores + 4 (6 here).
@@ -295,37 +303,46 @@ class Kubernetes:
             if not token:
                 return out
 
-    def _exit_codes(self, xgroup: str) -> dict[tuple[str, int], int]:
-        """The newest pod's exit code of each job of the group."""
-        pods = self._pods(self.namespace, f"{kj.XGROUP_ID_LABEL}={kj.xgroup_id(xgroup)}")
-        pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
-        codes: dict[tuple[str, int], int] = {}
+    def _failed_pods(self, xgroup: str) -> dict[tuple[str, int], list[kj.FailedPod]]:
+        """The failed pods of each job (key, attempt) of the group, oldest first."""
+        pods = self._pods(
+            self.namespace,
+            f"{kj.XGROUP_ID_LABEL}={kj.xgroup_id(xgroup)}",
+            fields="status.phase=Failed",
+        )
+        pods.sort(key=kj.pod_age)
+        out: dict[tuple[str, int], list[kj.FailedPod]] = {}
         for pod in pods:
             labels = pod["metadata"].get("labels") or {}
-            for status in (pod.get("status") or {}).get("containerStatuses") or []:
-                ended = (status.get("state") or {}).get("terminated")
-                if ended is not None and kj.JOB_KEY_LABEL in labels:
-                    key = (labels[kj.JOB_KEY_LABEL], int(labels.get(kj.ATTEMPT_LABEL, 0)))
-                    codes[key] = ended.get("exitCode")
-        return codes
+            if kj.JOB_KEY_LABEL in labels:
+                key = (labels[kj.JOB_KEY_LABEL], int(labels.get(kj.ATTEMPT_LABEL, 0)))
+                out.setdefault(key, []).append(kj.failed_pod(pod))
+        return out
 
-    def _pods(self, namespace: str, selector: str) -> list[dict]:
+    def _pods(self, namespace: str, selector: str, fields: str | None = None) -> list[dict]:
         listing = partial(
             self.core().list_namespaced_pod,
             namespace,
             label_selector=selector,
+            field_selector=fields,
             _preload_content=False,
             _request_timeout=CALL_TIMEOUT,
         )
         return self._json(self._retry(listing)).get("items") or []
 
-    def _remote(self, job: dict, codes: dict[tuple[str, int], int]) -> RemoteJob:
+    def _remote(
+        self, job: dict, pods: Mapping[tuple[str, int], Sequence[kj.FailedPod]]
+    ) -> RemoteJob:
         meta = job.get("metadata") or {}
         labels = meta.get("labels") or {}
         key = labels.get(kj.JOB_KEY_LABEL, "")
         attempt = int(labels.get(kj.ATTEMPT_LABEL, "0") or 0)
         state, detail = job_state(job)
-        exit_code = 0 if state is JobState.SUCCEEDED else codes.get((key, attempt))
+        failed = list(pods.get((key, attempt), ()))
+        # A Job that ended without success ended with its newest failed pod; every other failed
+        # pod was replaced inside the Job (a running or successful Job has a newer pod).
+        last = failed.pop() if failed and state in (JobState.FAILED, JobState.STOPPED) else None
+        exit_code = 0 if state is JobState.SUCCEEDED else (last.exit_code if last else None)
         if state is JobState.FAILED and exit_code is not None:
             detail = f"exit code {exit_code}; {detail}"
         namespace = meta.get("namespace") or self.namespace
@@ -337,6 +354,8 @@ class Kubernetes:
             exit_code=exit_code,
             console_url=console_url(self.gke, namespace, meta.get("name", "")),
             detail=detail,
+            infra=last.infra if last is not None and state is JobState.FAILED else None,
+            restarts=tuple(pod.why for pod in failed),
         )
 
     @staticmethod
@@ -368,8 +387,10 @@ def manifest_for(request: JobRequest, resources: kj.Resources, namespace: str) -
     )
 
 
-def _failed(job: dict) -> bool:
-    return job_state(job)[0] is JobState.FAILED
+def _may_have_failed_pods(job: dict) -> bool:
+    """caliban's podFailurePolicy counts every pod it replaces (Count, never Ignore)."""
+    status = job.get("status") or {}
+    return bool(status.get("failed")) or job_state(job)[0] is JobState.FAILED
 
 
 # The registry entry's `open` hands Kubernetes out as a Platform: this line has mypy check the

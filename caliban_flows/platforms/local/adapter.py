@@ -168,6 +168,7 @@ class LocalDocker:
         *,
         max_qps: float = 0.0,
         on_job: Callable[[RemoteJob, bool], None] = lambda job, new: None,
+        budgets: object = None,  # the local engine has no quota
     ) -> list[RemoteJob]:
         """Start each container in turn (one engine: no pace to keep), or find it started."""
         out = []

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from caliban_flows.platforms.registry import PlatformEntry
 
-DEFAULT_MAX_QPS = 5.0  # well under the default per-region job-submission quotas
+# Vertex AI's default quotas per project and region, in calls a minute: "Job or long-running
+# operation submission requests" (CreateCustomJob), and resource management requests (get,
+# list, cancel). A project may have others: --submit_quota / --manage_quota, or a block.
+SUBMIT_QUOTA = 60.0
+MANAGE_QUOTA = 600.0
+DEFAULT_MAX_QPS = MANAGE_QUOTA / 60.0  # every call; creates also keep to SUBMIT_QUOTA
 
 
 def _open(placement: dict):

@@ -1,0 +1,181 @@
+"""Quota-true pacing: a pace never sends more than its quota in any 60 s window, slows down on
+RESOURCE_EXHAUSTED and recovers; budgets in a real Prefect server are shared by every taker;
+the Vertex adapter keeps to the quotas the emulator enforces."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import itertools
+import threading
+
+import pytest
+
+from caliban_flows.platforms.pacing import Pace, burst, even_pace
+from caliban_flows.state import prefect_api
+from caliban_flows.state.budgets import budget_name, prefect_budgets
+from tests.prefect_http import own_server
+
+
+class FakeTime:
+    """A clock that moves only when a pace sleeps: the test runs in no time, the same way
+    on any machine."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def busiest(times: list[float], window: float = 60.0) -> int:
+    times = sorted(times)
+    return max(
+        (bisect.bisect_right(times, t + window - 1e-9) - i for i, t in enumerate(times)),
+        default=0,
+    )
+
+
+def starts(pace: Pace, clock: FakeTime, calls: int, on_call=None) -> list[float]:
+    async def go() -> list[float]:
+        out = []
+        for i in range(calls):
+            async with pace:
+                out.append(clock())
+                if on_call is not None:
+                    on_call(i, pace)
+        return out
+
+    return asyncio.run(go())
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr("caliban_flows.platforms.pacing.asyncio.sleep", fake.sleep)
+    return fake
+
+
+@pytest.mark.parametrize("quota", [60.0, 300.0, 600.0])
+def test_a_pace_never_exceeds_its_quota_in_any_minute(clock, quota):
+    pace = Pace(quota, clock=clock)
+    times = starts(pace, clock, 1000)
+    assert busiest(times) <= quota
+    # and is not needlessly slow: a burst, then the even pace
+    span = times[-1] - times[0]
+    expected = (1000 - burst(quota)) / even_pace(quota) * 60.0
+    assert span == pytest.approx(expected, rel=0.01)
+    assert span <= 1000 / quota * 60.0 * 1.05
+
+
+def test_resource_exhausted_slows_the_pace_then_it_recovers(clock):
+    pace = Pace(600.0, clock=clock)
+
+    def quota_runs_out(i: int, pace: Pace) -> None:
+        if 100 <= i < 108:  # a quota refuses every call over it: one cut for the streak
+            pace.exhausted()
+        else:
+            pace.answered()
+
+    times = starts(pace, clock, 400, quota_runs_out)
+    assert pace.exhaustions == 8
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # right after the refusals, the pace is 0.7 of the quota
+    assert gaps[110] == pytest.approx(60.0 / even_pace(600.0 * 0.7), rel=0.01)
+    # and it climbs back to the full quota once calm
+    assert pace.per_minute == 600.0
+    assert gaps[-1] == pytest.approx(60.0 / even_pace(600.0), rel=0.01)
+
+
+def test_a_429_now_and_then_is_retried_without_slowing_down(clock):
+    pace = Pace(600.0, clock=clock)
+
+    def scattered(i: int, pace: Pace) -> None:
+        if i % 10 == 0:
+            pace.exhausted()
+        else:
+            pace.answered()
+
+    times = starts(pace, clock, 300, scattered)
+    assert pace.exhaustions == 30 and pace.per_minute == 600.0
+    assert times[-1] - times[0] < 300 / 600.0 * 60.0 * 1.2
+
+
+def test_repeated_refusals_converge_below_the_real_quota(clock):
+    """Told 600 a minute, the platform allows 300: refusals bring the pace under 300."""
+    pace = Pace(600.0, clock=clock)
+    accepted: list[float] = []
+
+    def platform(i: int, pace: Pace) -> None:
+        now = clock()
+        if len(accepted) - bisect.bisect_right(accepted, now - 60.0) >= 300:
+            pace.exhausted()
+        else:
+            accepted.append(now)
+            pace.answered()
+
+    starts(pace, clock, 1500, platform)
+    refused = 1500 - len(accepted)
+    assert refused / 1500 < 0.10
+    span = accepted[-1] - accepted[0]
+    assert span <= (len(accepted) / 300 * 60) * 1.3
+
+
+# --------------------------------------------------------------------------- shared budgets
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    with own_server(tmp_path_factory.mktemp("budget-home")) as url:
+        yield url
+
+
+def test_two_takers_share_one_budget(api):
+    """Two submissions (each in its own thread and event loop, as two processes would be)
+    pace themselves at the full quota each; the Prefect budget keeps them to it together."""
+    quota, calls, window = 1200.0, 150, 5.0
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def submission() -> None:
+        import time
+
+        with prefect_budgets(api) as budgets:
+            pace = Pace(quota, budgets("vertex-submit", "p:r", quota))
+
+            async def go() -> None:
+                for _ in range(calls):
+                    async with pace:
+                        with lock:
+                            granted.append(time.monotonic())
+
+            asyncio.run(go())
+
+    threads = [threading.Thread(target=submission) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(granted) == 2 * calls
+    # what the budget lets through in any `window` seconds: a burst, then its decay
+    bound = burst(quota) + window * even_pace(quota) / 60.0
+    # each pace alone would allow about twice that
+    assert busiest(granted, window) <= bound + 1
+    with prefect_api.client(api) as http:
+        limit = http.get(f"/v2/concurrency_limits/{budget_name('vertex-submit', 'p:r')}")
+        body = limit.raise_for_status().json()
+    assert body["limit"] == burst(quota)
+    assert body["slot_decay_per_second"] == pytest.approx(even_pace(quota) / 60.0)
+
+
+def test_a_new_quota_replaces_the_budgets_old_one(api):
+    with prefect_budgets(api) as budgets:
+        budgets("vertex-submit", "q:r", 60.0)
+    with prefect_budgets(api) as budgets:
+        budgets("vertex-submit", "q:r", 600.0)
+    with prefect_api.client(api) as http:
+        body = http.get(f"/v2/concurrency_limits/{budget_name('vertex-submit', 'q:r')}").json()
+    assert body["limit"] == burst(600.0)
