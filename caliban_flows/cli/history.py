@@ -178,6 +178,12 @@ def status(
         _frame(rows, format)
     else:
         print(_text(rows) if rows else "no jobs yet")
+    from caliban_flows.state.background import progress_line
+
+    for run in runs:  # a large group still being submitted: how far, and until when
+        line = progress_line(run, rows)
+        if line:
+            print(line, file=sys.stderr)
     doubled = sum(len(r.get("duplicates") or ()) for r in rows)
     if doubled:
         print(f"warning: {doubled} duplicate remote job(s) (listed with their jobs); "

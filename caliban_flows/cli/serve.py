@@ -35,7 +35,7 @@ def serve(
     rounds = reconcile_active_groups.to_deployment(
         name=DEPLOYMENT, interval=interval, concurrency_limit=one_round
     )
-    serve_all(rounds, group_deployment(), print_starting_message=False)
+    serve_all(rounds, group_deployment(), print_starting_message=False, query_seconds=2)
 
 
 def register(app: typer.Typer) -> None:

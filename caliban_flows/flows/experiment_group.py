@@ -10,8 +10,10 @@ from prefect import flow
 from prefect.states import Cancelled, Completed, Failed, Running
 from prefect.utilities.annotations import quote
 
+from caliban_flows.flows.background import hand_to_runner, ready_for_it, recorded_jobs, resuming
 from caliban_flows.flows.handover import SUBMITTED, hands_over
 from caliban_flows.platforms.base import JobRequest, JobState
+from caliban_flows.state import background
 from caliban_flows.state.groups import FLOW_NAME, STOPPED_MESSAGE
 from caliban_flows.tasks.jobs import build_image, expand_sweep, record_jobs, run_job
 
@@ -104,14 +106,18 @@ def experiment_group(
     LAST_RUN["id"] = flow_run.id  # for the caller, should the run end with Ctrl-C
     jobs = _HANDED_OVER.pop(submission, None)
     round_ = 1
-    if jobs is None and flow_run.run_count > 1:
+    resumed = jobs is None and flow_run.run_count > 1 and resuming(flow_run.id, flow_run.tags)
+    if resumed:  # the background submitter: the recorded jobs, submitted here
+        jobs = recorded_jobs(flow_run.id, flow_run.run_count)
+    elif jobs is None and flow_run.run_count > 1:
         jobs, recipes = _again(xgroup, platform, placement, recipes)
         if not jobs:
             return Completed(message="nothing to rerun: no job of this run failed or stopped")
         round_ = flow_run.run_count
     if jobs is None:
         return Failed(message="this run's jobs were handed to another process; submit again")
-    record_jobs(quote(jobs), round_)
+    if not resumed:
+        record_jobs(quote(jobs), round_)
     remote = registry.get(platform).remote
     recipes = [dict(r) for r in recipes]
     used = {j.get("recipe", 0) for j in jobs}
@@ -124,7 +130,8 @@ def experiment_group(
     # quote(): Prefect need not walk a thousand jobs looking for futures to resolve.
     requests = expand_sweep(xgroup, recipes, placement or {}, quote(jobs))
     if remote:
-        outcome = _remote_group(xgroup, requests, platform, placement or {}, wait, limit)
+        outcome = _remote_group(xgroup, requests, platform, placement or {}, wait, limit,
+                                resumed)  # fmt: skip
         _publish(xgroup)
         return outcome
     try:
@@ -201,11 +208,21 @@ def _stop_when_cancelled(xgroup: str, keys: set[str]) -> Iterator[None]:
 
 
 def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record: dict,
-                  wait: bool, limit: dict | None):  # fmt: skip
+                  wait: bool, limit: dict | None, resumed: bool = False):  # fmt: skip
     from caliban_flows.platforms import registry
+    from caliban_flows.state.groups import FLOW_NAME, GROUP_DEPLOYMENT
     from caliban_flows.tasks.remote import fill_slots, monitor_jobs, submit_jobs
 
-    where = registry.get(platform).title
+    entry = registry.get(platform)
+    where = entry.title
+    per_minute = entry.submit_per_minute(record)
+    large = background.goes_to_background(len(requests), per_minute)
+    if large and not (resumed or wait or limit) and hands_over():
+        if ready_for_it(f"{FLOW_NAME}/{GROUP_DEPLOYMENT}"):
+            return hand_to_runner(xgroup, len(requests), per_minute)
+        print(f"xgroup {xgroup!r}: no runner serves the group deployment, so this terminal "
+              f"submits: {background.queued_message(len(requests), per_minute)}",
+              file=sys.stderr, flush=True)  # fmt: skip
 
     with one_submitter(xgroup, platform):  # a second submission waits, then finds them all
         if limit:
@@ -213,6 +230,21 @@ def _remote_group(xgroup: str, requests: list[JobRequest], platform: str, record
             queued = len(requests) - len(submitted)
             message = (f"{len(submitted)} jobs submitted to {where}, {queued} queued "
                        f"behind --max_running {limit['max_running']}")  # fmt: skip
+        elif resumed and per_minute:  # in pieces: `caliban stop` ends it within one
+            from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+            shown = create_progress_artifact(
+                0.0, description=f"xgroup {xgroup}: jobs submitted by the background submitter"
+            )
+            submitted = []
+            size = background.piece_size(per_minute)
+            for start in range(0, len(requests), size):
+                if _stopped():
+                    break
+                piece = requests[start : start + size]
+                submitted += submit_jobs(quote(piece), platform, record)
+                update_progress_artifact(shown, 100.0 * len(submitted) / len(requests))
+            message = f"{len(submitted)} jobs submitted to {where} in the background"
         else:
             submitted = submit_jobs(quote(requests), platform, record)
             message = f"{len(submitted)} jobs submitted to {where}"

@@ -20,8 +20,9 @@ from collections.abc import Iterable
 
 from caliban_flows.flows.handover import HANDS_OVER, SUBMITTED, handed_over
 from caliban_flows.spec.errors import CalibanError
+from caliban_flows.state.groups import GROUP_DEPLOYMENT
 
-DEPLOYMENT = "caliban-group"
+DEPLOYMENT = GROUP_DEPLOYMENT
 RESUBMITTING = "Resubmitting"  # the state name of a run `caliban resubmit` is about to rerun
 _DEPLOYMENT_IDS: dict[str, object] = {}  # per API URL, for this process
 

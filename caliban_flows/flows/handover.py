@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 
+from caliban_flows.state.background import QUEUED  # a run left for the background submitter
+
 SUBMITTED = "Submitted"  # a remote run whose jobs are all with their platform
 HANDS_OVER: ContextVar[bool] = ContextVar("caliban_hands_over", default=False)
 
@@ -17,4 +19,9 @@ def hands_over() -> bool:
 
 
 def handed_over(state) -> bool:
-    return state is not None and state.is_running() and state.name == SUBMITTED
+    """The terminal's part is done: every job with its platform, or with the runner."""
+    if state is None:
+        return False
+    return (state.is_running() and state.name == SUBMITTED) or (
+        state.is_scheduled() and state.name == QUEUED
+    )

@@ -20,7 +20,9 @@ def serve_groups(port: int) -> int:
     from caliban_flows.flows.group_runs import group_deployment
 
     # Not paused on the way out: the next server's runner serves the same deployment.
-    serve(group_deployment(), pause_on_shutdown=False, print_starting_message=False)
+    # Polled every 2 s, not 10: a sweep queued for the background submitter starts soon.
+    serve(group_deployment(), pause_on_shutdown=False, print_starting_message=False,
+          query_seconds=2)  # fmt: skip
     return 0
 
 

@@ -29,19 +29,32 @@ SAME_REFUSAL = 1.0
 # A quota refuses every call over it; a 429 now and then (a busy front end) is only retried.
 # So the pace is cut when at least REFUSALS of the last ANSWERS answers were refusals.
 ANSWERS, REFUSALS = 20, 5
+# Refusals in a row also hold the pace back, twice as long each time up to MAX_PAUSE: a quota
+# spent for this minute refuses everything until its window moves on.
+MAX_PAUSE = 10.0
 INCREASE_STEP = 0.05  # of the configured quota
 FLOOR = 0.1  # of the configured quota: the pace never drops below it
-CHUNK_SECONDS = 0.5  # shared slots are taken this many seconds' worth at a time
+# Shared slots are taken a second's worth at a time, and a shared budget holds two: Prefect
+# applies a limit's decay in whole slots at each change, so takes of a few slots lose a
+# fraction of a slot each, and a budget just as big as one take would keep refusing.
+CHUNK_SECONDS = 1.0
+SHARED_BURSTS = 2
 # A pace lets a second's worth of calls go at once (at least one call), and a shared budget
 # holds as many; the even pace after it is lowered by as much, and by a margin for the calls'
 # uneven travel time, so no 60 s window sees more than the quota.
 BURST_SECONDS = 1.0
-MARGIN = 0.01
+MARGIN = 0.005
 
 
 def burst(per_minute: float) -> int:
     """Calls that may go at once under this quota."""
     return max(1, math.ceil(per_minute / 60.0 * BURST_SECONDS))
+
+
+def shared_slots(per_minute: float) -> int:
+    """What a shared budget holds: all its takers together get at most the quota and this
+    in any minute."""
+    return SHARED_BURSTS * burst(per_minute)
 
 
 def even_pace(per_minute: float) -> float:
@@ -81,6 +94,7 @@ class Pace:
         self._calm_since = clock()
         self._cut_at = -SAME_REFUSAL
         self._answers: collections.deque[bool] = collections.deque(maxlen=ANSWERS)
+        self._streak = 0  # refusals since the last answer
         self._granted = 0  # shared slots taken and not used yet
         self._sharing = asyncio.Lock()
 
@@ -94,8 +108,9 @@ class Pace:
         # a call may start up to a burst's worth of intervals before it.
         now = self._clock()
         tolerance = (burst(self.per_minute) - 1) * self.interval
-        wait = max(0.0, self._next - tolerance - now)
-        self._next = max(self._next, now) + self.interval
+        start = max(now, self._next - tolerance)
+        wait = start - now
+        self._next = max(self._next, start) + self.interval
         if wait > 0:
             await asyncio.sleep(wait)
         if self.shared is not None:
@@ -108,6 +123,7 @@ class Pace:
     def answered(self) -> None:
         """The platform answered a call (anything but a refusal for quota)."""
         self._answers.append(True)
+        self._streak = 0
 
     def exhausted(self) -> None:
         """The platform refused a call for quota: slow down if that is what it keeps doing,
@@ -119,7 +135,11 @@ class Pace:
             self.per_minute = max(self.configured * FLOOR, self.per_minute * DECREASE)
             self._cut_at = now
         self._calm_since = now
-        self._next = max(self._next, now) + self.interval
+        pause = min(MAX_PAUSE, self.interval * 2**self._streak)
+        self._streak = min(self._streak + 1, 30)
+        # and no burst after it: the next calls go one interval apart
+        tolerance = (burst(self.per_minute) - 1) * self.interval
+        self._next = max(self._next, now + pause + tolerance)
 
     def _raise_if_calm(self) -> None:
         now = self._clock()
@@ -135,7 +155,7 @@ class Pace:
         assert self.shared is not None
         async with self._sharing:
             if self._granted == 0:
-                chunk = max(1, round(self.per_minute / 60.0 * CHUNK_SECONDS))
+                chunk = max(1, math.ceil(self.per_minute / 60.0 * CHUNK_SECONDS))
                 await self.shared.take(chunk)
                 self._granted = chunk
             self._granted -= 1

@@ -32,6 +32,10 @@ class PlatformEntry:
     # `default_max_qps`), settled by reconcile rounds. Local ones run inside the group's flow.
     remote: bool = True
     default_max_qps: float = 10.0
+    # Jobs a minute a submission makes, from the placement (its quota, its --max_qps); None:
+    # as fast as it goes. A submission longer than state/background's threshold at this pace
+    # is handed to the background submitter.
+    submit_per_minute: Callable[[dict], float | None] = lambda placement: None
     # Client modules a submission imports while the Prefect server starts (the two overlap).
     preload: tuple[str, ...] = ()
     # Where a built image goes when no registry is named, from the placement; None: nowhere

@@ -1,15 +1,17 @@
 """Per-minute API budgets shared by every caliban process on one Prefect server.
 
 A budget is a Prefect global concurrency limit with slot decay (what Prefect's `rate_limit`
-uses): it holds a burst (pacing.burst: a second's worth of calls) and frees slots at the even
-pace after it (pacing.even_pace), so over any minute at most the quota is granted, however
-many processes ask. The Prefect UI's Concurrency page shows each budget, named after the
-project and region.
+uses): it holds two seconds' worth of calls (pacing.shared_slots) and frees slots at the
+quota's rate, so over any minute at most the quota and those are granted, however many
+processes ask. Each process keeps itself under the quota (pacing.even_pace), a little
+slower than the budget frees slots, so one submission alone seldom waits for it. The Prefect
+UI's Concurrency page shows each budget, named after the project and region.
 
 Slots are taken with Prefect's REST API (POST /v2/concurrency_limits/increment in
 "rate_limit" mode), through httpx in a thread: no `prefect` import. A full budget answers
-423 with a Retry-After; we wait no longer than our own request's worth of decay, since the
-server's hint grows with everybody's refused requests, not only ours.
+423 with a Retry-After; we wait no longer than our request's worth of decay, since the
+server's hint grows with everybody's refused requests, not only ours, and no less: a refused
+request restarts the limit's decay clock without applying what had decayed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 from collections.abc import Iterator
 
 from caliban_flows.platforms.base import first_line
-from caliban_flows.platforms.pacing import BudgetFactory, SharedBudget, burst, even_pace
+from caliban_flows.platforms.pacing import BudgetFactory, SharedBudget, shared_slots
 from caliban_flows.state import prefect_api
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
@@ -43,12 +45,12 @@ class PrefectBudget:
         self.http = http
         self.name = name
         self.per_minute = per_minute
-        self.decay = even_pace(per_minute) / 60.0
+        self.decay = per_minute / 60.0
         self.waits = 0  # 423 answers: how often the budget was spent by the time we asked
 
     def ensure(self) -> None:
         """Create the limit, or set it to this submission's quota (the newest word wins)."""
-        body = {"limit": burst(self.per_minute), "slot_decay_per_second": self.decay}
+        body = {"limit": shared_slots(self.per_minute), "slot_decay_per_second": self.decay}
         made = self.http.post("/v2/concurrency_limits/", json={"name": self.name, **body})
         if made.status_code == 409:
             self.http.patch(f"/v2/concurrency_limits/{self.name}", json=body).raise_for_status()
@@ -56,7 +58,7 @@ class PrefectBudget:
             made.raise_for_status()
 
     async def take(self, calls: int) -> None:
-        calls = min(calls, burst(self.per_minute))
+        calls = min(calls, shared_slots(self.per_minute))
         while True:
             answer = await asyncio.to_thread(
                 self.http.post,

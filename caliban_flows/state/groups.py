@@ -15,6 +15,7 @@ from caliban_flows.state import prefect_api
 from caliban_flows.state.users import belongs, user_of
 
 FLOW_NAME = "caliban-experiment-group"
+GROUP_DEPLOYMENT = "caliban-group"  # every group run is made from it (flows.group_runs)
 ACTIVE_RUN_STATES = ("PENDING", "RUNNING", "CANCELLING")
 SETTLED_RUN_STATES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 STOPPED_MESSAGE = "stopped by caliban stop"
@@ -48,6 +49,9 @@ class GroupRun:
     owner: str | None = None  # the process that runs it (server.owner): host:pid:start
     user: str | None = None  # who submitted it (state.users); None: recorded before users
     starting_again: bool = False  # retried, and no process has claimed it yet (server.owner)
+    # Submitted by the runner, not the terminal (state/background.py): jobs not on the
+    # platform yet are QUEUED, not lost.
+    background: bool = False
 
     def recipe_of(self, job: dict) -> dict:
         return self.recipes[job.get("recipe", 0)]
@@ -138,6 +142,7 @@ def _group_run(run: dict) -> GroupRun:
         owner=owner_of(run.get("tags")),
         user=user_of(run.get("tags")),
         starting_again=starting_again(run),
+        background=BACKGROUND_TAG in (run.get("tags") or ()),
     )
     if "recipes" in params:
         return GroupRun(
@@ -165,6 +170,7 @@ def _group_run(run: dict) -> GroupRun:
     )  # fmt: skip
 
 
+BACKGROUND_TAG = "caliban:background"  # on a run the background submitter submits
 FINAL_KEY = "caliban_final_jobs"  # where runs settled before records.FINAL_TYPE kept it
 
 
@@ -376,8 +382,9 @@ def _state(run: GroupRun, found: RemoteJob | None) -> JobState:
             return JobState.STOPPED
         if run.state not in ("RUNNING", "PENDING", "SCHEDULED"):
             return JobState.UNKNOWN
-        # A capped remote group submits its jobs as slots free.
-        return JobState.QUEUED if run.limit and is_remote(run) else JobState.SUBMITTED
+        # A capped remote group submits its jobs as slots free; a large one in the background.
+        queued = (run.limit or run.background) and is_remote(run)
+        return JobState.QUEUED if queued else JobState.SUBMITTED
     if stopped and found.state is JobState.FAILED:
         return JobState.STOPPED
     return found.state

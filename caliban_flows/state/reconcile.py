@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Iterable
 from caliban_flows.platforms import registry
 from caliban_flows.platforms.base import JobRequest, Platform, RemoteJob, first_line
 from caliban_flows.state import artifacts, prefect_api, records
+from caliban_flows.state.background import requeue_dead
 from caliban_flows.state.budgets import prefect_budgets
 from caliban_flows.state.groups import (
     ACTIVE_RUN_STATES,
@@ -128,6 +129,7 @@ def reconcile(
     for line in unreached(remote):
         if warn is not None:
             warn(line)
+    runs = requeue_dead(http, runs, remote)  # a dead background submitter's run: resumed
     runs = restart_due(http, runs, remote, platforms.submit)  # before anything settles
     announce_platform_restarts(http, runs, remote)
     settled = settlements(runs, remote)

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from caliban_flows.platforms.pacing import Pace, burst, even_pace
+from caliban_flows.platforms.pacing import Pace, burst, even_pace, shared_slots
 from caliban_flows.state import prefect_api
 from caliban_flows.state.budgets import budget_name, prefect_budgets
 from tests.prefect_http import own_server
@@ -75,16 +75,19 @@ def test_resource_exhausted_slows_the_pace_then_it_recovers(clock):
     pace = Pace(600.0, clock=clock)
 
     def quota_runs_out(i: int, pace: Pace) -> None:
-        if 100 <= i < 108:  # a quota refuses every call over it: one cut for the streak
+        if 100 <= i < 105:  # a quota refuses every call over it: the 5th refusal cuts the pace
             pace.exhausted()
         else:
             pace.answered()
 
     times = starts(pace, clock, 400, quota_runs_out)
-    assert pace.exhaustions == 8
+    assert pace.exhaustions == 5
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    # right after the refusals, the pace is 0.7 of the quota
-    assert gaps[110] == pytest.approx(60.0 / even_pace(600.0 * 0.7), rel=0.01)
+    # refusals in a row hold the pace back, twice as long each time
+    assert gaps[100:104] == pytest.approx([0.102 * 2**k for k in range(4)], rel=0.05)
+    # then it goes on slower than before (cut to 70%, then raised a step per 2 s of calm)
+    full = 60.0 / even_pace(600.0)
+    assert gaps[106] > full * 1.25
     # and it climbs back to the full quota once calm
     assert pace.per_minute == 600.0
     assert gaps[-1] == pytest.approx(60.0 / even_pace(600.0), rel=0.01)
@@ -161,14 +164,14 @@ def test_two_takers_share_one_budget(api):
         t.join()
     assert len(granted) == 2 * calls
     # what the budget lets through in any `window` seconds: a burst, then its decay
-    bound = burst(quota) + window * even_pace(quota) / 60.0
+    bound = shared_slots(quota) + window * quota / 60.0
     # each pace alone would allow about twice that
     assert busiest(granted, window) <= bound + 1
     with prefect_api.client(api) as http:
         limit = http.get(f"/v2/concurrency_limits/{budget_name('vertex-submit', 'p:r')}")
         body = limit.raise_for_status().json()
-    assert body["limit"] == burst(quota)
-    assert body["slot_decay_per_second"] == pytest.approx(even_pace(quota) / 60.0)
+    assert body["limit"] == shared_slots(quota)
+    assert body["slot_decay_per_second"] == pytest.approx(quota / 60.0)
 
 
 def test_a_new_quota_replaces_the_budgets_old_one(api):
@@ -178,4 +181,4 @@ def test_a_new_quota_replaces_the_budgets_old_one(api):
         budgets("vertex-submit", "q:r", 600.0)
     with prefect_api.client(api) as http:
         body = http.get(f"/v2/concurrency_limits/{budget_name('vertex-submit', 'q:r')}").json()
-    assert body["limit"] == burst(600.0)
+    assert body["limit"] == shared_slots(600.0)

@@ -54,6 +54,9 @@ ENTRY = PlatformEntry(
         placement.get("credentials_file") or placement.get("credentials_block"),
     ),
     default_max_qps=DEFAULT_MAX_QPS,
+    submit_per_minute=lambda p: min(
+        p.get("submit_quota") or SUBMIT_QUOTA, (p.get("max_qps") or DEFAULT_MAX_QPS) * 60.0
+    ),
     preload=("google.cloud.aiplatform_v1",),
     # The project's Artifact Registry in the jobs' region.
     default_registry=lambda p: f"{p['region']}-docker.pkg.dev/{p['project']}/caliban",
