@@ -34,7 +34,8 @@ class PlatformEntry:
     default_max_qps: float = 10.0
     # Jobs a minute a submission makes, from the placement (its quota, its --max_qps); None:
     # as fast as it goes. A submission longer than state/background's threshold at this pace
-    # is handed to the background submitter.
+    # is handed to the background submitter. Kubernetes has none: a cluster has no quota,
+    # and a kubeconfig found through $KUBECONFIG is not recorded for another process to use.
     submit_per_minute: Callable[[dict], float | None] = lambda placement: None
     # Client modules a submission imports while the Prefect server starts (the two overlap).
     preload: tuple[str, ...] = ()

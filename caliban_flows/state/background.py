@@ -114,6 +114,7 @@ def progress_line(run: GroupRun, rows: list[dict]) -> str | None:
     if not queued:
         return None
     submitted = len(mine) - queued
+    running = sum(1 for r in mine if r["state"] == "RUNNING")
     per_minute = registry.get(run.platform).submit_per_minute(run.placement or {})
     pace = f" at {per_minute:g}/min" if per_minute else ""
     done = ""
@@ -121,5 +122,5 @@ def progress_line(run: GroupRun, rows: list[dict]) -> str | None:
         finish = datetime.now().astimezone() + timedelta(seconds=submit_seconds(queued, per_minute))
         done = f", done by about {finish:%H:%M}"
     waiting = " (waiting for the runner)" if run.state == "SCHEDULED" else ""
-    return (f"xgroup {run.xgroup}: {queued:,} queued, {submitted:,} submitted: submitting in "
-            f"the background{pace}{done}{waiting}")  # fmt: skip
+    return (f"xgroup {run.xgroup}: {queued:,} queued, {submitted:,} submitted ({running:,} "
+            f"running): submitting in the background{pace}{done}{waiting}")  # fmt: skip

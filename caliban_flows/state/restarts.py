@@ -63,7 +63,7 @@ def restarts_of(run: GroupRun, key: str) -> int:
 class Due:
     run: GroupRun
     job: dict  # the recorded job whose newest attempt the infrastructure ended
-    ended: RemoteJob
+    ended: RemoteJob | None  # None: a restart recorded but never submitted (a crash between)
     reason: str
 
 
@@ -85,6 +85,9 @@ def due(runs: Sequence[GroupRun], remote: Remote) -> list[Due]:
                 newest[job["key"]] = job
         for job in newest.values():
             ended = seen.get((job["key"], job["attempt"]))
+            if ended is None and job.get("restart_reason") and run.state == "RUNNING":
+                out.append(Due(run, job, None, job["restart_reason"]))  # submitted again
+                continue
             why = reason(ended, policy) if ended is not None else None
             if why and restarts_of(run, job["key"]) < policy.max_restarts:
                 out.append(Due(run, job, ended, why))
@@ -131,19 +134,21 @@ def _restart_run(http, run: GroupRun, pending: list[Due], remote: Remote, submit
             run,
         )
         recorded = {(j["key"], j["attempt"]) for j in fresh.jobs}
+        ended = [d for d in pending if d.ended is not None]
+        fresh_due = [d for d in ended if (d.job["key"], d.job["attempt"] + 1) not in recorded]
         new = [
             {**d.job, "attempt": d.job["attempt"] + 1, "restart_reason": d.reason}
-            for d in pending
-            if (d.job["key"], d.job["attempt"] + 1) not in recorded
+            for d in fresh_due
         ]
-        if not new:
+        unsent = [d.job for d in pending if d.ended is None]
+        if not new and not unsent:
             return fresh
-        round_ = int(datetime.now(timezone.utc).timestamp() * 1000)  # after every other round
-        records.write(http, records.jobs_artifacts(run.flow_run_id, new, round_))
-        _emit(http, run, [d for d in pending if (d.job["key"], d.job["attempt"] + 1) not in
-                          recorded])  # fmt: skip
+        if new:
+            round_ = int(datetime.now(timezone.utc).timestamp() * 1000)  # after the others
+            records.write(http, records.jobs_artifacts(run.flow_run_id, new, round_))
+            _emit(http, run, fresh_due)
         run = replace(fresh, jobs=[*fresh.jobs, *new])
-        made = submit(run, new)
+        made = submit(run, [*new, *unsent])  # idempotent: a job already there is found
     seen = remote.get(where(run))
     if seen is not None and not isinstance(seen, Unreached):
         for job in made:
@@ -155,7 +160,7 @@ def _emit(http, run: GroupRun, restarted: list[Due]) -> None:
     events = []
     for d in restarted:
         payload = {"attempt": d.job["attempt"], "next_attempt": d.job["attempt"] + 1}
-        infra = d.ended.infra is not None
+        infra = d.ended is not None and d.ended.infra is not None
         events += _events(run, d.job, d.ended, d.reason, infra, payload, f"{d.job['attempt']}")
     _post(http, events)
 

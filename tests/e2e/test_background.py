@@ -92,8 +92,9 @@ def test_a_large_sweep_is_submitted_in_the_background(world):
     assert "/runs/flow-run/" in said and f"caliban status --xgroup {xgroup}" in said
     assert len(created(emulator, xgroup)) < 400  # the terminal did not wait for them
     # while it goes on, status says how far it is
-    line = wait_for(lambda: re.search(r"(\d+) queued, (\d+) submitted: submitting in the "
-                                      r"background", status_text(cli, xgroup)))  # fmt: skip
+    line = wait_for(lambda: re.search(r"(\d+) queued, (\d+) submitted \(\d+ running\): "
+                                      r"submitting in the background",
+                                      status_text(cli, xgroup)))  # fmt: skip
     assert int(line.group(1)) + int(line.group(2)) == 400
     wait_for(lambda: len(created(emulator, xgroup)) == 400, timeout=240)
     jobs = json.loads(cli("status", "--xgroup", xgroup, "--format", "json").stdout)
@@ -119,17 +120,48 @@ def test_a_killed_submitter_is_resumed_without_duplicates(world):
     assert emulator.duplicates() == 0
 
 
-def _kill_flow_run_process(run_id: str) -> bool:
-    """SIGKILL the process the runner started for this flow run."""
+def _flow_run_process(run_id: str) -> int | None:
+    """The process the runner started for this flow run, if it is still there."""
     wanted = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+            state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+        except (OSError, IndexError):
             continue
-        if wanted in env:
-            os.kill(int(pid), signal.SIGKILL)
-            return True
-    return False
+        if wanted in env and state != "Z":  # a zombie has ended
+            return int(pid)
+    return None
+
+
+def _kill_flow_run_process(run_id: str) -> bool:
+    """SIGKILL the process the runner started for this flow run."""
+    pid = _flow_run_process(run_id)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    return pid is not None
+
+
+def test_stop_ends_a_background_submission(world):
+    emulator, cli, project = world
+    xgroup, said = submit(cli, project, 400)
+    wait_for(lambda: len(created(emulator, xgroup)) >= 20, timeout=120)
+    done = cli("stop", "--xgroup", xgroup, "--yes")
+    assert done.returncode == 0, done.stderr
+
+    def all_cancelled() -> bool:
+        from caliban_flows.spec import vertex_job as vj
+
+        mine = [j for j in emulator.jobs()
+                if j.labels.get(vj.XGROUP_ID_LABEL) == vj.xgroup_id(xgroup)]  # fmt: skip
+        return bool(mine) and all(j.state.name == "JOB_STATE_CANCELLED" for j in mine)
+
+    # the submitter stops within its piece and ends; what it made by then is cancelled too
+    run_id = flow_run_id(said)
+    wait_for(lambda: _flow_run_process(run_id) is None, timeout=180, interval=1)
+    wait_for(all_cancelled, timeout=180, interval=1)
+    assert len(created(emulator, xgroup)) < 400
+    rows = json.loads(cli("status", "--xgroup", xgroup, "--format", "json").stdout)
+    assert {r["state"] for r in rows} == {"STOPPED"}

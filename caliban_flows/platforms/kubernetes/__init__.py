@@ -41,7 +41,6 @@ ENTRY = PlatformEntry(
     open=_open,
     place=lambda p: (p.get("config_file"), p.get("context"), p.get("namespace")),
     default_max_qps=DEFAULT_MAX_QPS,
-    submit_per_minute=lambda p: (p.get("max_qps") or DEFAULT_MAX_QPS) * 60.0,
     preload=("kubernetes.client",),
     default_registry=_default_registry,
 )
