@@ -32,7 +32,8 @@ SCENARIO = textwrap.dedent(
         def __init__(self, placement):
             assert placement == {"zone": "z1"}, placement
 
-        async def submit_all(self, requests, *, max_qps, on_job=lambda job, new: None):
+        async def submit_all(self, requests, *, max_qps, on_job=lambda job, new: None,
+                             budgets=None):  # fmt: skip
             out = []
             for r in requests:
                 rid = f"toy/{r.xgroup}/{r.key}/{r.attempt}"
