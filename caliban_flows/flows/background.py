@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from caliban_flows.state import background
+from caliban_flows.state.groups import newest_attempts
 
 
 def hand_to_runner(xgroup: str, jobs: int, per_minute: float):
@@ -72,8 +73,4 @@ def recorded_jobs(flow_run_id: str, run_count: int) -> list[dict]:
     with prefect_api.client(PREFECT_API_URL.value()) as http:
         retry.claim(http, flow_run_id, run_count)
         jobs, _ = records.read(http, [flow_run_id])
-    newest: dict[str, dict] = {}
-    for job in jobs.get(flow_run_id, []):
-        if job["key"] not in newest or job["attempt"] >= newest[job["key"]]["attempt"]:
-            newest[job["key"]] = job
-    return list(newest.values())
+    return newest_attempts(jobs.get(flow_run_id, []))

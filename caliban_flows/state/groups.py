@@ -390,6 +390,15 @@ def _state(run: GroupRun, found: RemoteJob | None) -> JobState:
     return found.state
 
 
+def newest_attempts(jobs: Iterable[dict]) -> list[dict]:
+    """The newest recorded attempt of each job key."""
+    newest: dict[str, dict] = {}
+    for job in jobs:
+        if job["key"] not in newest or job["attempt"] > newest[job["key"]]["attempt"]:
+            newest[job["key"]] = job
+    return list(newest.values())
+
+
 def latest_attempts(rows: list[dict]) -> list[dict]:
     """The newest attempt of each experiment, with how many attempts it has had."""
     latest: dict[tuple[str, str], dict] = {}

@@ -25,7 +25,14 @@ from datetime import datetime, timezone
 from caliban_flows.platforms.base import JobState, RemoteJob, first_line
 from caliban_flows.spec.limits import limit_name
 from caliban_flows.state import records
-from caliban_flows.state.groups import ACTIVE_RUN_STATES, GroupRun, Remote, Unreached, where
+from caliban_flows.state.groups import (
+    ACTIVE_RUN_STATES,
+    GroupRun,
+    Remote,
+    Unreached,
+    newest_attempts,
+    where,
+)
 
 PREEMPTED = "caliban.job.preempted"
 RESTARTED = "caliban.job.restarted"
@@ -79,11 +86,7 @@ def due(runs: Sequence[GroupRun], remote: Remote) -> list[Due]:
         seen = remote.get(where(run), {})
         if isinstance(seen, Unreached):
             continue
-        newest: dict[str, dict] = {}
-        for job in run.jobs:
-            if job["key"] not in newest or job["attempt"] > newest[job["key"]]["attempt"]:
-                newest[job["key"]] = job
-        for job in newest.values():
+        for job in newest_attempts(run.jobs):
             ended = seen.get((job["key"], job["attempt"]))
             if ended is None and job.get("restart_reason") and run.state == "RUNNING":
                 out.append(Due(run, job, None, job["restart_reason"]))  # submitted again
