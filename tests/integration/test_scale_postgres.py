@@ -194,11 +194,17 @@ def test_a_thousand_vertex_jobs_on_a_postgres_backed_prefect_server(tmp_path: Pa
         emulator.hold(True)  # jobs stay running until status has been timed once on them
         took, done = caliban(
             "cloud", "--nogpu", "--image_tag", IMAGE, "--xgroup", xgroup,
-            "--experiment_config", "exp.json", "--max_qps", "500", "trainer.train",
+            "--experiment_config", "exp.json", "--max_qps", "500",
+            # A project whose create quota was raised (the emulator here meters none): the
+            # default 60/min would take this sweep 17 minutes, to the background submitter.
+            "--submit_quota", "30000", "--manage_quota", "30000", "trainer.train",
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"{JOBS} jobs submitted to Vertex AI" in done.stderr, done.stderr[-3000:]
-        figure(f"submit ({JOBS:,} jobs, caliban cloud --max_qps 500)", f"{took:.1f} s")
+        figure(
+            f"submit ({JOBS:,} jobs, caliban cloud --max_qps 500 --submit_quota 30000)",
+            f"{took:.1f} s",
+        )
 
         status = ("status", "--xgroup", xgroup, "--format", "json")
         took, done = caliban(*status)
