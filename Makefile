@@ -14,11 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The demo sweep for real: build demo/'s image, run its 6 jobs on the local engine as one
-# Prefect flow run, then show the group.
+# Prefect flow run, then show the group and print the Prefect UI's page of its run.
 demo: venv engine
 	cd demo && ../$(BIN)/caliban run --nogpu --xgroup demo \
 		--experiment_config experiment.json trainer.train
 	cd demo && ../$(BIN)/caliban status --xgroup demo
+	cd demo && ../$(BIN)/caliban ui --no_browser --xgroup demo
 
 lint: venv
 	$(BIN)/ruff check .
@@ -29,6 +30,8 @@ lint: venv
 engine: venv
 	$(BIN)/python -m devtools.engine up
 
+# The whole suite; it also builds the wheel and runs `caliban` from a fresh venv outside the
+# checkout (tests/e2e/test_wheel_install.py).
 test: lint engine
 	$(BIN)/python -m pytest
 

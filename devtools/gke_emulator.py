@@ -68,6 +68,8 @@ _DeletePb = container_v1.DeleteClusterRequest.pb()
 _GetOpPb = container_v1.GetOperationRequest.pb()
 _ListOpsPb = container_v1.ListOperationsRequest.pb()
 _ListOpsRespPb = container_v1.ListOperationsResponse.pb()
+_ListPoolsPb = container_v1.ListNodePoolsRequest.pb()
+_ListPoolsRespPb = container_v1.ListNodePoolsResponse.pb()
 
 PARENT_RE = re.compile(r"^projects/([^/]+)/locations/([^/]+)$")
 CLUSTER_PATH_RE = re.compile(r"^projects/([^/]+)/locations/([^/]+)/clusters/([^/]+)$")
@@ -260,8 +262,12 @@ class GkeEmulator(test_pki.GoogleService):
         methods_with_errors: set[str] | None = None,
         seed: int = 0,
         max_rpc_threads: int = 16,
+        kube_port: int | None = None,
     ):
         self.port = port
+        # Where new clusters' control plane answers: a K8sEmulator(tls=True) on this port
+        # (its CA is the test CA), so the Kubernetes API of a cluster made here is reachable.
+        self.kube_port = kube_port
         self.max_rpc_threads = max_rpc_threads
         # Knobs: plain attributes (assignment is atomic), read once per RPC.
         self.op_seconds = op_seconds
@@ -308,6 +314,7 @@ class GkeEmulator(test_pki.GoogleService):
             "DeleteCluster": (self._delete, _DeletePb, OperationPb),
             "GetOperation": (self._get_operation, _GetOpPb, OperationPb),
             "ListOperations": (self._list_operations, _ListOpsPb, _ListOpsRespPb),
+            "ListNodePools": (self._list_node_pools, _ListPoolsPb, _ListPoolsRespPb),
         }
         generic = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -479,6 +486,8 @@ class GkeEmulator(test_pki.GoogleService):
         cluster.zone = location
         cluster.location = location
         cluster.endpoint = f"34.118.{serial // 250 % 250}.{serial % 250 + 1}"
+        if self.kube_port is not None:
+            cluster.endpoint = f"127.0.0.1:{self.kube_port}"
         cluster.current_master_version = version
         cluster.current_node_version = version
         cluster.status = ClusterStatus.PROVISIONING
@@ -490,7 +499,9 @@ class GkeEmulator(test_pki.GoogleService):
             cluster.monitoring_service or "monitoring.googleapis.com/kubernetes"
         )
         cluster.cluster_ipv4_cidr = cluster.cluster_ipv4_cidr or f"10.{serial % 200}.0.0/14"
-        cluster.master_auth.cluster_ca_certificate = FAKE_CA.decode()
+        cluster.master_auth.cluster_ca_certificate = (
+            FAKE_CA if self.kube_port is None else base64.b64encode(self.ca_pem)
+        ).decode()
         cluster.current_node_count = 0
         if not cluster.node_pools:
             pool = cluster.node_pools.add(name=DEFAULT_POOL)
@@ -559,6 +570,18 @@ class GkeEmulator(test_pki.GoogleService):
                 response.operations.add().CopyFrom(op.proto)
         return response
 
+    def _list_node_pools(self, request) -> Any:
+        match = CLUSTER_PATH_RE.match(request.parent)
+        if not match:
+            raise _invalid(
+                f"parent must be projects/P/locations/L/clusters/C, got {request.parent!r}"
+            )
+        project, location, cluster_id = match[1], match[2], match[3]
+        response = _ListPoolsRespPb()
+        for pool in self._lookup(project, location, cluster_id).node_pools:
+            response.node_pools.add().CopyFrom(pool)
+        return response
+
     def _lookup(self, project: str, location: str, cluster_id: str) -> Any:
         path = f"projects/{project}/locations/{location}/clusters/{cluster_id}"
         cluster = self._clusters.get(path)
@@ -580,6 +603,39 @@ class GkeEmulator(test_pki.GoogleService):
             self._advance()
             copies = [_copy(op.proto, OperationPb) for op in self._ops.values()]
         return [container_v1.Operation.wrap(copy) for copy in copies]
+
+    def autoprovision(
+        self,
+        cluster_id: str,
+        pool: str,
+        machine_type: str,
+        accelerators: dict[str, int] | None = None,
+        max_nodes: int = 1000,
+    ) -> None:
+        """Add a node pool as node autoprovisioning does when a pod asks for what the
+        cluster's pools lack: `nap-` named, autoscaled from zero."""
+        with self._lock:
+            cluster = next(c for c in self._clusters.values() if c.name == cluster_id)
+            added = cluster.node_pools.add(name=pool, version=cluster.current_node_version)
+            added.config.machine_type = machine_type
+            added.config.disk_size_gb = DEFAULT_DISK_GB
+            added.config.image_type = "COS_CONTAINERD"
+            for kind, count in (accelerators or {}).items():
+                added.config.accelerators.add(accelerator_type=kind, accelerator_count=count)
+            added.autoscaling.enabled = True
+            added.autoscaling.autoprovisioned = True
+            added.autoscaling.max_node_count = max_nodes
+            added.status = PoolStatus.RUNNING
+            added.self_link = f"{cluster.self_link}/nodePools/{pool}"
+
+    def authenticates(self, authorization: str | None) -> bool:
+        """Whether a Kubernetes API server of this GKE accepts the header: as GKE's control
+        plane accepts Google credentials, here a self-signed JWT of a trusted key."""
+        try:
+            self._keys.verify(authorization)
+        except test_pki.AuthError:
+            return False
+        return True
 
     def calls(self) -> collections.Counter[str]:
         """RPCs received per method name (e.g. "CreateCluster"), injected failures included."""

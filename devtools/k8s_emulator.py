@@ -41,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -679,10 +680,19 @@ _ROUTES = [
 ]
 
 
+# apps/v1 lives in its own module, which uses the helpers above: imported once they exist.
+from devtools import k8s_apps  # noqa: E402
+
+_ROUTES += [
+    (method, re.compile(pattern + r"\Z"), verb, resource, handler)
+    for method, pattern, verb, resource, handler in k8s_apps.ROUTES
+]
+
+
 # --------------------------------------------------------------------------- the emulator
 
 
-class K8sEmulator:
+class K8sEmulator(k8s_apps.DaemonSets):
     """A Kubernetes API server on 127.0.0.1:`port` (0 = a free port). See the module docstring."""
 
     def __init__(
@@ -703,6 +713,7 @@ class K8sEmulator:
         token: str = "emulator-token",
         require_auth: bool = False,
         tls: bool = False,
+        authenticate: Callable[[str], bool] | None = None,
     ):
         self.port = port
         self.run_containers = run_containers
@@ -710,6 +721,9 @@ class K8sEmulator:
         self.key_label = key_label
         self.token = token
         self.require_auth = require_auth
+        # Another accepted Authorization header, as GKE accepts Google's tokens: given the
+        # header, True if it names a known caller (GkeEmulator.authenticates).
+        self.authenticate = authenticate
         # TLS with the test CA; callers known by token or by a certificate client_ca signed.
         self.tls = tls
         self.client_ca = k8s_auth.ClientCA.new() if tls else None
@@ -734,6 +748,8 @@ class K8sEmulator:
         self._job_keys: list[str] = []  # sorted, like etcd's key order
         self._pods: dict[str, _PodRec] = {}
         self._pod_keys: list[str] = []
+        self._daemonsets: dict[str, _Obj] = {}
+        self._daemonset_keys: list[str] = []
         self._creates_by_key: collections.Counter[str] = collections.Counter()
         self._attempts_by_key: collections.Counter[str] = collections.Counter()
         self._calls: collections.Counter[str] = collections.Counter()
@@ -933,7 +949,9 @@ class K8sEmulator:
             time.sleep(self.latency)
 
         if self.require_auth and not (
-            peer_verified or headers.get("Authorization") == f"Bearer {self.token}"
+            peer_verified
+            or headers.get("Authorization") == f"Bearer {self.token}"
+            or (self.authenticate is not None and self.authenticate(headers.get("Authorization")))
         ):
             reply = self._error_reply(ApiError(401, "Unauthorized", "Unauthorized"))
         elif fault is not None:
@@ -1020,7 +1038,12 @@ class K8sEmulator:
 
     def _get_groups(self, request) -> _Reply:
         return _json_reply(
-            200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._BATCH_GROUP]}
+            200,
+            {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [self._BATCH_GROUP, k8s_apps.APPS_GROUP],
+            },
         )
 
     def _get_batch_group(self, request) -> _Reply:

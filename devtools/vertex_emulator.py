@@ -99,6 +99,16 @@ LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 MAX_LABELS = 64
 MAX_DISPLAY_NAME = 128
+# What Vertex AI training takes for TPUs (its "Training with TPU VMs" page): TPU accelerator
+# type -> {machine type: the one accelerator_count it takes}. The service's own table, kept
+# apart from caliban's catalog so that the two check each other.
+TPU_MACHINES = {
+    "TPU_V2": {"cloud-tpu": 8},
+    "TPU_V3": {"cloud-tpu": 8},
+    "TPU_V4_POD": {"ct4p-hightpu-4t": 4},
+    "TPU_V5_LITEPOD": {"ct5lp-hightpu-1t": 1, "ct5lp-hightpu-4t": 4, "ct5lp-hightpu-8t": 8},
+}
+RETIRED_ACCELERATORS = {"NVIDIA_TESLA_K80": "NVIDIA_TESLA_T4"}
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -178,6 +188,7 @@ def _validate_create(parent: str, job: Any) -> None:
             raise _Invalid(f"worker_pool_specs[{i}].machine_spec.machine_type is required")
         if not pool.container_spec.image_uri:
             raise _Invalid(f"worker_pool_specs[{i}].container_spec.image_uri is required")
+        _validate_machine(f"worker_pool_specs[{i}].machine_spec", pool.machine_spec)
     if len(job.labels) > MAX_LABELS:
         raise _Invalid(f"at most {MAX_LABELS} labels are allowed, got {len(job.labels)}")
     for key, value in job.labels.items():
@@ -187,6 +198,28 @@ def _validate_create(parent: str, job: Any) -> None:
             raise _Invalid(
                 f"invalid value {value!r} for label {key!r}: must match {LABEL_VALUE_RE.pattern}"
             )
+
+
+def _validate_machine(where: str, spec: Any) -> None:
+    """Accelerator rules Vertex applies at create: counts go with a type, K80 is gone, a TPU
+    runs on its host machine type with that host's chip count, and a TPU host needs its TPU."""
+    machine = spec.machine_type
+    kind = aiplatform_v1.AcceleratorType(spec.accelerator_type).name
+    count = spec.accelerator_count
+    typed = kind != "ACCELERATOR_TYPE_UNSPECIFIED"
+    if count < 0 or (count > 0) != typed:
+        raise _Invalid(f"{where}: accelerator_count {count} does not go with {kind}")
+    if kind in RETIRED_ACCELERATORS:
+        raise _Invalid(
+            f"{where}: {kind} is no longer supported for training; use"
+            f" {RETIRED_ACCELERATORS[kind]} or another GPU"
+        )
+    hosts = TPU_MACHINES.get(kind)
+    if hosts is not None and hosts.get(machine) != count:
+        offered = ", ".join(f"{m} with {n}" for m, n in hosts.items())
+        raise _Invalid(f"{where}: {kind} runs on {offered}; got {machine} with {count}")
+    if hosts is None and any(machine in by_type for by_type in TPU_MACHINES.values()):
+        raise _Invalid(f"{where}: machine type {machine} needs its TPU accelerator, got {kind}")
 
 
 def parse_filter(text: str):

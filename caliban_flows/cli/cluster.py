@@ -4,49 +4,42 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from caliban_flows.cli import options as o
+from caliban_flows.cli.cluster_options import ClusterBlock, Context, Namespace
+from caliban_flows.cli.cluster_options import api_error as _api_error
+from caliban_flows.cli.cluster_options import target as _target
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
-from caliban_flows.spec.errors import CalibanError, SpecError
+from caliban_flows.platforms.kubernetes import DEFAULT_MAX_QPS
+from caliban_flows.spec.errors import SpecError
 
 EXPORT_SUFFIXES = (".yaml", ".yml", ".json")
 JOB_HELP = "The Job: NAME or NAMESPACE/NAME (its remote_id in caliban status --format json)."
 
 cluster_app = typer.Typer(help="Kubernetes jobs and GKE clusters.", no_args_is_help=True)
-job_app = typer.Typer(help="Submit jobs to a cluster.", no_args_is_help=True)
+job_app = typer.Typer(help="Submit, list and follow the Jobs of a cluster.", no_args_is_help=True)
 cluster_app.add_typer(job_app, name="job")
 
 
-Context = Annotated[
-    str | None,
-    typer.Option("--context", metavar="NAME", help="kubeconfig context (default: current)."),
-]
-Namespace = Annotated[
-    str | None,
-    typer.Option("--namespace", "-n", metavar="NS", help="Namespace (default: the context's)."),
-]
-ClusterBlock = Annotated[
-    str | None,
+KubeMaxQps = Annotated[
+    float | None,
     typer.Option(
-        "--cluster_block",
-        "--block",
-        metavar="NAME",
-        help="Defaults (context, namespace, registry, kubeconfig ...) from this Prefect "
-        "'Caliban Cluster Settings' block.",
+        "--max_qps",
+        metavar="N",
+        min=0.1,
+        help="Most Kubernetes API requests per second while submitting, paced by caliban "
+        f"itself (default {DEFAULT_MAX_QPS:g}, as kubectl; or the cluster settings block's).",
     ),
 ]
-
-
-def _target(*, context, namespace, kubeconfig, block, cluster_name=None, project_id=None,
-            zone=None):  # fmt: skip
-    from caliban_flows.plan.kubernetes import target
-
-    return target(context=context, namespace=namespace, kubeconfig=kubeconfig, block=block,
-                  cluster_name=cluster_name, project_id=project_id, zone=zone)  # fmt: skip
+PLACEHOLDER_NOTE = (
+    "--dry_run: no image was built, so the image is a placeholder (and the docker_image label "
+    "reads dry_run_tag). Export without --dry_run to build, push and write the real image."
+)
 
 
 def _check_export(path: str | None) -> None:
@@ -54,8 +47,9 @@ def _check_export(path: str | None) -> None:
         raise SpecError(f"--export {path!r} must end in .yaml or .json")
 
 
-def _export(path: str, manifests: list[dict]) -> list[str]:
-    """Caliban's --export: FILE for one job, FILE_0, FILE_1 ... for several."""
+def _export(path: str, manifests: list[dict], placeholder: bool) -> list[str]:
+    """Caliban's --export: FILE for one job, FILE_0, FILE_1 ... for several. A placeholder
+    image is said so: in a YAML comment, or (JSON has no comments) an annotation."""
     import yaml
 
     base = Path(path)
@@ -63,9 +57,14 @@ def _export(path: str, manifests: list[dict]) -> list[str]:
     for i, manifest in enumerate(manifests):
         target = base if len(manifests) == 1 else base.with_name(f"{base.stem}_{i}{base.suffix}")
         if base.suffix == ".json":
+            if placeholder:
+                notes = manifest["metadata"].setdefault("annotations", {})
+                notes["caliban.dev/placeholder-image"] = PLACEHOLDER_NOTE
             target.write_text(json.dumps(manifest, indent=2) + "\n")
         else:
-            target.write_text(yaml.safe_dump(manifest, sort_keys=False))
+            note = textwrap.fill(PLACEHOLDER_NOTE, 96, initial_indent="# ",
+                                 subsequent_indent="# ") + "\n" if placeholder else ""  # fmt: skip
+            target.write_text(note + yaml.safe_dump(manifest, sort_keys=False))
         written.append(str(target))
     return written
 
@@ -104,6 +103,7 @@ def submit(
         bool,
         typer.Option("--nonpreemptible_tpu", "--nonpreemptible-tpu", help="Non-preemptible TPUs."),
     ] = False,
+    tpu_legacy: o.TpuLegacy = False,
     force: o.Force = False,
     name: o.JobName = None,
     experiment_config: o.ExperimentConfigOpt = None,
@@ -116,7 +116,11 @@ def submit(
     export: Annotated[
         str | None,
         typer.Option(
-            "--export", help="Also write each Job manifest to FILE (.yaml/.json, _0, _1 ...)."
+            "--export",
+            metavar="FILE",
+            help="Build and push the image, write each Job manifest to FILE (.yaml/.json; "
+            "FILE_0, FILE_1 ... for several) and submit nothing; with --dry_run, nothing is "
+            "built and the image is a placeholder.",
         ),
     ] = None,
     xgroup: o.Xgroup = None,
@@ -136,7 +140,7 @@ def submit(
     ] = None,
     registry: o.Registry = None,
     registry_block: o.RegistryBlock = None,
-    max_qps: o.MaxQps = None,
+    max_qps: KubeMaxQps = None,
     max_restarts: o.MaxRestarts = None,
     restart_on_exit_codes: o.RestartOnExitCodes = None,
     max_running: o.MaxRunning = None,
@@ -155,8 +159,9 @@ def submit(
         context=context, namespace=namespace, kubeconfig=kubeconfig,
         cluster_block=cluster_block, cluster_name=cluster_name, project_id=project_id,
         zone=zone, min_cpu=min_cpu, min_mem=min_mem, tpu_driver=tpu_driver,
-        nonpreemptible_tpu=nonpreemptible_tpu, nonpreemptible=nonpreemptible,
-        backoff_limit=backoff_limit, cloud_key=cloud_key, max_restarts=max_restarts,
+        nonpreemptible_tpu=nonpreemptible_tpu, tpu_legacy=tpu_legacy,
+        nonpreemptible=nonpreemptible, backoff_limit=backoff_limit, cloud_key=cloud_key,
+        max_restarts=max_restarts,
         restart_on_exit_codes=restart_on_exit_codes or [],
     )  # fmt: skip
     p = submit_plan("cluster job submit", module, rest, options,
@@ -164,9 +169,13 @@ def submit(
                     labels=label, image=image_tag, dry_run=dry_run)  # fmt: skip
     if dry_run or export:
         from caliban_flows.platforms.base import JobRequest
-        from caliban_flows.platforms.kubernetes.adapter import manifest_for
+        from caliban_flows.platforms.kubernetes.adapter import PLACEHOLDER_IMAGE, manifest_for
 
-        shown = image_tag or "<built from this folder and pushed to the registry>"
+        if export and not dry_run:  # Caliban's --export: build and push, write, submit nothing
+            from caliban_flows.flows.engine import prepare_image
+
+            p = prepare_image(p)
+        shown = p.recipes[0]["image"] or PLACEHOLDER_IMAGE
         where = p.placed.shown["target"]
         resources = p.placed.shown["resources"]
 
@@ -191,11 +200,14 @@ def submit(
 
         if export:  # files to apply later: the jobs need their secret args' values
             values = {name: v.get_secret_value() for name, v in p.secrets.items()}
-            for path in _export(export, manifests(values)):
+            for path in _export(export, manifests(values), shown == PLACEHOLDER_IMAGE):
                 print(f"wrote {path}", file=sys.stderr)
         if dry_run:  # printed: references in place of secret values
             _print_dry_run(p, where, manifests({}))
-            return
+        else:
+            print(f"{len(p.specs)} job(s) written with image {shown}; nothing submitted",
+                  file=sys.stderr)  # fmt: skip
+        return
     from caliban_flows.flows.engine import run_plan
 
     raise typer.Exit(run_plan(p))
@@ -222,7 +234,14 @@ def submit_file(
     cloud_key: o.CloudKey = None,
     project_id: o.ProjectId = None,
     zone: o.Zone = None,
-    dry_run: o.DryRun = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry_run",
+            "--dry-run",
+            help="Have the API server check the manifest (its dry run); submit nothing.",
+        ),
+    ] = False,
     context: Context = None,
     namespace: Namespace = None,
     kubeconfig: o.Kubeconfig = None,
@@ -260,15 +279,6 @@ def submit_file(
     url = console_url(platform.gke, meta["namespace"], meta["name"])
     if url:
         print(url)
-
-
-def _api_error(error: BaseException, what: str) -> Exception:
-    from caliban_flows.platforms.kubernetes import client as kube_client
-    from caliban_flows.platforms.kubernetes.adapter import describe
-
-    if isinstance(error, kube_client.api_exception()) and error.status in (400, 409, 422):
-        return SpecError(f"{what}: {describe(error)}")
-    return CalibanError(f"{what}: {describe(error)}")
 
 
 def _load_manifest(path: str) -> object:
@@ -325,7 +335,9 @@ def logs(
 
 
 def register(app: typer.Typer) -> None:
-    from caliban_flows.cli import gke
+    from caliban_flows.cli import cluster_ls, gke
+
+    cluster_ls.add_commands(cluster_app, job_app)
 
     gke.add_commands(cluster_app)
     app.add_typer(cluster_app, name="cluster")

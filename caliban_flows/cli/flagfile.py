@@ -1,8 +1,12 @@
 """`--flagfile FILE`, as Abseil gave it to every Caliban command, expanded before parsing.
 
-A flagfile holds flags, one per line, with `#` or `//` comment lines; `--flagfile` may nest.
-Abseil took each line as ONE argument, so Caliban's own documented `--gpu_spec 8xV100` lines
-failed; we split a line shell-style unless it is a single `--flag=value`.
+A flagfile holds flags, one per line, with `#` or `//` comment lines and blank lines skipped;
+`--flagfile` may nest, and a relative name is read from the current directory, as in Abseil.
+
+Abseil took each line as ONE argument: `--docker_run_args=--volume /a:/b --env X=1` is one
+flag whose value has spaces, and so it stays here. Abseil failed on a line `--gpu_spec 8xV100`
+(Caliban's own docs wrote them so); a line whose first word is not a `--flag=value` is split
+shell-style instead, so quote a value with spaces there: `--docker_run_args "-v /a:/b"`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ FLAG = "--flagfile"
 
 def _line_args(line: str, where: str) -> list[str]:
     head = line.split(None, 1)[0]
-    if head.startswith("--") and "=" in head and head == line:
+    if head.startswith("-") and "=" in head:  # Abseil's `--flag=value`: the value is the rest
         return [line]
     try:
         return shlex.split(line)
@@ -52,14 +56,14 @@ def _expand(argv: list[str], chain: tuple[Path, ...]) -> list[str]:
         arg = argv[i]
         if arg == "--":  # script arguments are never expanded
             return out + argv[i:]
-        if arg == FLAG:
+        if arg in (FLAG, FLAG[1:]):  # Abseil also took -flagfile
             if i + 1 >= len(argv):
                 raise SpecError("--flagfile needs a file name")
             out += _read(argv[i + 1], chain)
             i += 2
             continue
-        if arg.startswith(FLAG + "="):
-            out += _read(arg[len(FLAG) + 1 :], chain)
+        if arg.startswith((FLAG + "=", FLAG[1:] + "=")):
+            out += _read(arg.split("=", 1)[1], chain)
         else:
             out.append(arg)
         i += 1
@@ -68,6 +72,6 @@ def _expand(argv: list[str], chain: tuple[Path, ...]) -> list[str]:
 
 def expand_flagfiles(argv: list[str]) -> list[str]:
     """argv with every `--flagfile F` (before a bare `--`) replaced by F's flags, recursively."""
-    if not any(a == FLAG or a.startswith(FLAG + "=") for a in argv):
+    if not any(a.lstrip("-").split("=")[0] == FLAG[2:] for a in argv):
         return argv
     return _expand(argv, ())

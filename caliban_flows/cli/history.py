@@ -149,7 +149,7 @@ def _duplicates(row: dict) -> str:
 
 
 def status(
-    xgroup: o.Xgroup = None,
+    xgroup: o.XgroupShown = None,
     max_jobs: Annotated[
         int | None,
         typer.Option(
@@ -164,7 +164,8 @@ def status(
     user: o.User = None,
     all_users: o.AllUsers = False,
 ) -> None:
-    """Show experiment groups, their experiments and jobs (reconciled with Docker first).
+    """Show experiment groups, their experiments and jobs (first brought up to date from Docker,
+    Vertex AI or Kubernetes).
 
     Exits 1, after the whole output, when some platform did not answer."""
     users = _users(user, all_users)
@@ -220,17 +221,18 @@ def _latest(
     return runs, _limit(rows, xgroup, 1)
 
 
-def _ask(rows: list[dict], verb: str, kind: str, xgroup: str, *, dry_run: bool, yes: bool):
+def _ask(rows: list[dict], verb: str, kind: str, xgroup: str | None, *, dry_run: bool, yes: bool):
     """List what `verb` would touch; True when it should go ahead. Another user's jobs are
-    always asked about, --yes or not."""
+    always asked about, --yes or not. `xgroup` None: the jobs of every group, each named."""
     from caliban_flows.plan.inputs import current_user
 
     if not rows:
-        print(f"no {kind} jobs in xgroup {xgroup!r}")
+        print(f"no {kind} jobs in {_where(xgroup)}")
         return False
     print(f"the following jobs would be {PAST[verb]}:")
     for r in rows:
-        print(f"  {r['name']} {r['state']} {' '.join(r['args'])}")
+        group = "" if xgroup else f"xgroup {r['xgroup']}: "
+        print(f"  {group}{r['name']} {r['state']} {' '.join(r['args'])}")
     others = sorted({r["user"] for r in rows if r.get("user") not in (None, current_user())})
     if dry_run:
         return False
@@ -243,15 +245,32 @@ def _ask(rows: list[dict], verb: str, kind: str, xgroup: str, *, dry_run: bool, 
     return _confirm(f"do you wish to {verb} these {len(rows)} jobs?", yes or bool(others))
 
 
+def _where(xgroup: str | None) -> str:
+    return f"xgroup {xgroup!r}" if xgroup else "any group"
+
+
 def stop(
-    xgroup: o.XgroupRequired,
-    dry_run: o.DryRun = False,
+    xgroup: Annotated[
+        str | None,
+        typer.Option(
+            "--xgroup", metavar="XGROUP", help="Experiment group (default: all your groups)."
+        ),
+    ] = None,
+    dry_run: o.DryRunStop = False,
     yes: o.Yes = False,
     user: o.User = None,
     all_users: o.AllUsers = False,
 ) -> None:
-    """Stop the group's submitted and running jobs, after asking."""
-    runs, latest = _latest(xgroup, users=_users(user, all_users))
+    """Stop the group's submitted and running jobs (without --xgroup: those of all your
+    groups), after listing them and asking."""
+    users = _users(user, all_users)
+    if xgroup is None:
+        from caliban_flows.state.groups import latest_attempts
+
+        runs, rows, _ = _rows(None, users=users)
+        latest = latest_attempts(rows)
+    else:
+        runs, latest = _latest(xgroup, users=users)
     active = [r for r in latest if r["state"] in ACTIVE]
     if not _ask(active, "stop", "submitted or running", xgroup, dry_run=dry_run, yes=yes):
         return
@@ -260,19 +279,21 @@ def stop(
 
     with prefect_api.client() as http:
         stop_jobs(http, Platforms(), runs, active)
-    print(f"stopped {len(active)} jobs in xgroup {xgroup!r}")
+    groups = len({r["xgroup"] for r in active})
+    where = _where(xgroup) if xgroup else f"{groups} group{'s' if groups > 1 else ''}"
+    print(f"stopped {len(active)} jobs in {where}")
 
 
 def resubmit(
-    xgroup: o.XgroupRequired,
-    dry_run: o.DryRun = False,
+    xgroup: o.XgroupToResubmit,
+    dry_run: o.DryRunResubmit = False,
     all_jobs: Annotated[
         bool,
         typer.Option(
             "--all_jobs", "--all-jobs", help="Rerun every job, not only failed and stopped ones."
         ),
     ] = False,
-    project_id: o.ProjectId = None,
+    project_id: o.ProjectIgnored = None,
     cloud_key: o.CloudKey = None,
     yes: o.Yes = False,
     user: o.User = None,

@@ -15,6 +15,7 @@ from caliban_flows.cli.output import emit
 from caliban_flows.plan import project as sub
 from caliban_flows.plan.inputs import credential_args
 from caliban_flows.plan.push_target import require_push_target
+from caliban_flows.spec.docker_run_args import cli_words
 from caliban_flows.spec.errors import SpecError
 
 
@@ -52,7 +53,7 @@ def _default_shell() -> str:
 
 def shell(
     nogpu: o.NoGpu = False,
-    cloud_key: o.CloudKey = None,
+    cloud_key: o.CloudKeyLocal = None,
     extras: o.Extras = None,
     no_cache: o.NoCache = False,
     image_id: o.ImageId = None,
@@ -90,7 +91,7 @@ def shell(
         image,
         entrypoint=[f"/bin/{chosen}"],
         bare=bare,
-        run_args=[*gpu_args, *run_args],
+        run_args=[*gpu_args, *cli_words(run_args)],
         credentials=credentials,
         tty=sys.stdin.isatty(),
     )
@@ -99,7 +100,7 @@ def shell(
 
 def notebook(
     nogpu: o.NoGpu = False,
-    cloud_key: o.CloudKey = None,
+    cloud_key: o.CloudKeyLocal = None,
     extras: o.Extras = None,
     no_cache: o.NoCache = False,
     image_id: o.ImageId = None,
@@ -152,7 +153,7 @@ def notebook(
         image,
         entrypoint=entrypoint,
         bare=bare,
-        run_args=[*gpu_args, *run_args],
+        run_args=[*gpu_args, *cli_words(run_args)],
         credentials=credentials,
         tty=sys.stdin.isatty(),
         ports=(chosen_port,),
@@ -163,7 +164,7 @@ def notebook(
 def build(
     module: o.Module,
     nogpu: o.NoGpu = False,
-    cloud_key: o.CloudKey = None,
+    cloud_key: o.CloudKeyBuild = None,
     extras: o.Extras = None,
     no_cache: o.NoCache = False,
     dirs: o.Dirs = None,
@@ -189,7 +190,7 @@ def run(
     module: o.Module,
     rest: o.ScriptArgs = None,
     nogpu: o.NoGpu = False,
-    cloud_key: o.CloudKey = None,
+    cloud_key: o.CloudKeyLocal = None,
     extras: o.Extras = None,
     no_cache: o.NoCache = False,
     dirs: o.Dirs = None,
@@ -222,7 +223,7 @@ def run(
         raise typer.Exit(run_plan(p))
     image = image_id or sub.PLACEHOLDER_IMAGE
     mode = "GPU" if p.placement["gpu"] else "CPU"
-    run_args = p.placement["run_args"]
+    run_args = cli_words(p.placement["run_args"])
     docker = ["docker", "run", "--ipc", "host", "-e", "PYTHONUNBUFFERED=1", *run_args, image]
     lines = [
         f"Dry run: {len(p.specs)} job(s) in xgroup {p.xgroup!r}, {mode} mode, "

@@ -9,8 +9,18 @@ from typing import Annotated
 import typer
 
 from caliban_flows import __version__
-from caliban_flows.cli import cloud, cluster, deploy, history, local, serve
+from caliban_flows.cli import (
+    cloud,
+    cluster,
+    deploy,
+    history,
+    import_history,
+    local,
+    serve,
+    server_cmd,
+)
 from caliban_flows.cli.flagfile import expand_flagfiles
+from caliban_flows.cli.general_flags import add_general_flags
 from caliban_flows.spec.errors import CalibanError, SpecError
 
 # Abseil gave Caliban's commands --helpfull; we keep it as another name for --help.
@@ -44,7 +54,7 @@ def _root(
     pass
 
 
-for module in (local, cloud, cluster, history, serve, deploy):
+for module in (local, cloud, cluster, history, import_history, serve, deploy, server_cmd):
     module.register(app)
 
 
@@ -62,7 +72,7 @@ def _command_path(command, argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Every user error ends here as one line on stderr and exit code 2; never a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = typer.main.get_command(app)
+    command = add_general_flags(typer.main.get_command(app))
     try:
         result = command.main(
             args=expand_flagfiles(argv), prog_name="caliban", standalone_mode=False

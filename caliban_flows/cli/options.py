@@ -17,6 +17,26 @@ CloudKey = Annotated[
         "Used by the client only: it is never copied into an image.",
     ),
 ]
+CloudKeyLocal = Annotated[
+    str | None,
+    typer.Option(
+        "--cloud_key",
+        "--cloud-key",
+        metavar="KEY_FILE",
+        help="Service-account key for your code (defaults to $GOOGLE_APPLICATION_CREDENTIALS): "
+        "mounted read-only into the container at run time, never copied into an image.",
+    ),
+]
+CloudKeyBuild = Annotated[
+    str | None,
+    typer.Option(
+        "--cloud_key",
+        "--cloud-key",
+        metavar="KEY_FILE",
+        help="Service-account key (defaults to $GOOGLE_APPLICATION_CREDENTIALS): left out of "
+        "the image even when it lies in this folder.",
+    ),
+]
 Extras = Annotated[
     list[str] | None,
     typer.Option(
@@ -126,10 +146,31 @@ TpuSpecOpt = Annotated[
         "--tpu_spec",
         "--tpu-spec",
         metavar="NUMxTPU_TYPE",
-        help="TPUs per job, e.g. 8xV3. Without --gpu_spec this implies CPU mode.",
+        help="TPUs per job. Vertex AI: 8xV2, 8xV3, 4xV4, 1xV5E, 4xV5E or 8xV5E (on "
+        "cloud-tpu or ct5lp-hightpu-{1,4,8}t). Clusters: chips of one GKE TPU slice node, "
+        "topology from the count: 4xV4 (2x2x1), 1xV5E (1x1), 4xV5E (2x2), 8xV5E (2x4), 4xV5P "
+        "(2x2x1), 1xV6E (1x1), 4xV6E (2x2), 8xV6E (2x4); 8xV3 with --tpu_legacy. Without "
+        "--gpu_spec this implies CPU mode.",
     ),
 ]
-Force = Annotated[bool, typer.Option("--force", help="Skip the machine/accelerator/region checks.")]
+TpuLegacy = Annotated[
+    bool,
+    typer.Option(
+        "--tpu_legacy",
+        "--tpu-legacy",
+        help="Ask for TPUs as Caliban did, as deprecated Cloud TPU Nodes (V2/V3, a "
+        "cloud-tpus.google.com resource and the --tpu_driver annotation), for clusters that "
+        "still have them.",
+    ),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Skip every machine, accelerator (type, count) and region check of caliban's "
+        "catalog; the platform may still refuse the jobs.",
+    ),
+]
 JobName = Annotated[
     str | None, typer.Option("--name", metavar="NAME", help="Job name (default caliban_<user>).")
 ]
@@ -159,8 +200,47 @@ ClusterName = Annotated[
     typer.Option("--cluster_name", "--cluster-name", metavar="NAME", help="Cluster name."),
 ]
 Zone = Annotated[str | None, typer.Option("--zone", metavar="ZONE", help="Compute zone.")]
-XgroupRequired = Annotated[
-    str, typer.Option("--xgroup", metavar="XGROUP", help="Experiment group.")
+# Commands that read or act on jobs already submitted: their own help, not a submit command's.
+XgroupShown = Annotated[
+    str | None,
+    typer.Option(
+        "--xgroup",
+        metavar="XGROUP",
+        help="Show this experiment group only (default: your newest jobs of every group).",
+    ),
+]
+XgroupToResubmit = Annotated[
+    str, typer.Option("--xgroup", metavar="XGROUP", help="Experiment group whose jobs to rerun.")
+]
+ProjectIgnored = Annotated[
+    str | None,
+    typer.Option(
+        "--project_id",
+        "--project-id",
+        metavar="PROJECT",
+        help="Accepted as Caliban did; each job is rerun in the project it ran in.",
+    ),
+]
+DryRunStop = Annotated[
+    bool,
+    typer.Option("--dry_run", "--dry-run", help="List the jobs it would stop; stop nothing."),
+]
+DryRunResubmit = Annotated[
+    bool,
+    typer.Option(
+        "--dry_run",
+        "--dry-run",
+        help="List the jobs it would rerun; build and submit nothing.",
+    ),
+]
+DryRunSubmitFile = Annotated[
+    bool,
+    typer.Option(
+        "--dry_run",
+        "--dry-run",
+        help="Have the cluster's API server validate the manifest (a server-side dry run); "
+        "submit nothing.",
+    ),
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 User = Annotated[

@@ -3,9 +3,27 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 from caliban_flows.plan import project as sub
+
+
+def _own_flags() -> dict[str, bool]:
+    """The running command's option names -> whether each takes a value."""
+    try:  # typer carries its own click, and offers no public way to the current context
+        from typer._click.globals import get_current_context
+    except ImportError:
+        return {}
+    context = get_current_context(silent=True)
+    if context is None:
+        return {}
+    return {
+        name: not (getattr(param, "is_flag", False) or getattr(param, "count", False))
+        for param in context.command.params
+        if param.param_type_name == "option"
+        for name in (*param.opts, *param.secondary_opts)
+    }
 
 
 def submit_plan(command: str, module: str, rest: Sequence[str] | None, options, *,
@@ -17,7 +35,7 @@ def submit_plan(command: str, module: str, rest: Sequence[str] | None, options, 
     from caliban_flows.plan.inputs import load_experiment_config
     from caliban_flows.plan.options import platform_of
 
-    args = sub.script_args(command, module, rest)
+    args = sub.script_args(command, module, rest, typed=sys.argv[1:], own_flags=_own_flags())
     config = load_experiment_config(experiment_config) if experiment_config is not None else None
     request = GroupRequest(
         platform=platform_of(options),

@@ -61,11 +61,27 @@ def os_user() -> str:
 CREDENTIALS_IN_CONTAINER = "/var/run/caliban/credentials.json"
 
 
+ADC_IN_CONTAINER = "/var/run/caliban/application_default_credentials.json"
+
+
+def application_default_credentials() -> Path | None:
+    """gcloud's application-default credentials (`gcloud auth application-default login`)
+    under $CLOUDSDK_CONFIG or ~/.config/gcloud, when that file exists."""
+    config = os.environ.get("CLOUDSDK_CONFIG") or Path.home() / ".config" / "gcloud"
+    path = Path(config).expanduser() / "application_default_credentials.json"
+    return path.resolve() if path.is_file() else None
+
+
 def credential_args(cloud_key: str | None) -> list[str]:
-    """Mount the service-account key read-only at run time; it never enters an image."""
+    """Mount the service-account key read-only at run time; it never enters an image.
+    Without a key, gcloud's application-default credentials, when the user has them."""
     key = cloud_key or os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
     if not key:
-        return []
+        adc = application_default_credentials()
+        if adc is None:
+            return []
+        return ["-v", f"{adc}:{ADC_IN_CONTAINER}:ro",
+                "-e", f"GOOGLE_APPLICATION_CREDENTIALS={ADC_IN_CONTAINER}"]  # fmt: skip
     path = Path(key).expanduser().resolve()
     if not path.is_file():
         raise SpecError(

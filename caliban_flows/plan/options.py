@@ -32,7 +32,9 @@ class RemoteOptions(SubmitOptions):
 
     gpu_spec: str | None = Field(None, description="GPUs per job, e.g. 2xV100.")
     tpu_spec: str | None = Field(None, description="TPUs per job, e.g. 8xV3.")
-    force: bool = Field(False, description="Skip the machine/accelerator/region checks.")
+    force: bool = Field(
+        False, description="Skip every machine, accelerator and region check of the catalog."
+    )
     max_qps: float | None = Field(None, ge=0.1, description="Requests per second submitting.")
     registry: str | None = Field(None, description="Registry to push a built image to.")
     registry_block: str | None = Field(
@@ -123,6 +125,9 @@ class KubernetesOptions(RemoteOptions):
     min_mem: int | None = Field(None, ge=1, description="Memory request in MB.")
     tpu_driver: str = Field("1.14", description="TPU software version.")
     nonpreemptible_tpu: bool = Field(False, description="Non-preemptible TPUs.")
+    tpu_legacy: bool = Field(
+        False, description="TPUs as deprecated Cloud TPU Nodes (V2/V3), as Caliban asked."
+    )
     nonpreemptible: bool = Field(False, description="Non-preemptible (non-spot) GKE nodes.")
     backoff_limit: int | None = Field(None, ge=0, description="Pod retries before a Job fails.")
     cloud_key: str | None = Field(

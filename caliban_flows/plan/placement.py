@@ -54,9 +54,12 @@ def vertex(options: VertexOptions, *, probe: bool) -> Placed:
     from caliban_flows.spec import vertex_job as vj
 
     defaults = block_settings("caliban_flows.blocks.vertex", options.vertex_block)
-    gpu, tpu = sub.accelerators(options.nogpu, options.gpu_spec, options.tpu_spec)
+    # --force skips every catalog check: counts, machine, region (Vertex may still refuse).
+    gpu, tpu = sub.accelerators(
+        options.nogpu, options.gpu_spec, options.tpu_spec, validate_count=not options.force
+    )
     region = gcloud.region(options.region or defaults.get("region"))
-    machine = options.machine_type or acc.default_machine_type(gpu=gpu, tpu=tpu)
+    machine = options.machine_type or _default_machine(gpu, tpu, force=options.force)
     if not options.force:
         region = acc.parse_region(region)
         machine = acc.parse_machine_type(machine)
@@ -90,6 +93,23 @@ def vertex(options: VertexOptions, *, probe: bool) -> Placed:
     return Placed(recorded, gpu, tpu, registry, shown={"placement": placement})
 
 
+def _default_machine(gpu, tpu, *, force: bool) -> str:
+    """The catalog's machine for these accelerators; under --force, a count no machine takes
+    gets Caliban's GPU machine (or the TPU host) and Vertex has the last word."""
+    from caliban_flows.spec import accelerators as acc
+    from caliban_flows.spec.catalog import load_catalog
+
+    try:
+        return acc.default_machine_type(gpu=gpu, tpu=tpu)
+    except SpecError:
+        if not force:
+            raise
+    catalog = load_catalog()
+    if gpu is None and tpu is not None and catalog.tpus[tpu.tpu].machine_types:
+        return catalog.tpus[tpu.tpu].machine_types[-1]
+    return catalog.defaults.gpu_machine_type
+
+
 def restart_policy(options, defaults: dict) -> dict:
     """--max_restarts and --restart_on_exit_codes, as a run records them (state/restarts.py)."""
     restarts = options.max_restarts
@@ -111,10 +131,16 @@ def kubernetes(options: KubernetesOptions, *, probe: bool) -> Placed:
     from caliban_flows.plan.kubernetes import check_gpu_limits, key_credentials, target
     from caliban_flows.platforms.kubernetes.adapter import gke_of
     from caliban_flows.spec import k8s_job as kj
+    from caliban_flows.spec.gke_tpu import parse_cluster_tpu
 
-    # Cluster capacity, not Vertex's catalog, bounds counts here; the type must still exist.
-    gpu, tpu = sub.accelerators(
-        options.nogpu, options.gpu_spec, options.tpu_spec, validate_count=False
+    # Cluster capacity, not Vertex's catalog, bounds GPU counts here; the type must still exist.
+    gpu, _ = sub.accelerators(
+        options.nogpu, options.gpu_spec, options.tpu_spec, validate_count=False, cluster=True
+    )
+    tpu = (
+        parse_cluster_tpu(options.tpu_spec, legacy=options.tpu_legacy, force=options.force)
+        if options.tpu_spec
+        else None
     )
     where = target(
         context=options.context,

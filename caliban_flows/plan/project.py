@@ -7,10 +7,12 @@ All of it runs before anything is built or submitted, so a bad input never half-
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import platform
 import shlex
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from caliban_flows.plan.inputs import os_user, read_text
@@ -19,28 +21,66 @@ from caliban_flows.spec.errors import SpecError
 
 CALIBANCONFIG = ".calibanconfig.json"
 PLACEHOLDER_IMAGE = "dry_run_tag"  # what Caliban's dry runs showed before a build
+_WARNED: set[str] = set()
 PROJECT_FILES = ("requirements.txt", "setup.py", "setup.cfg", "pyproject.toml", "environment.yml")
 
 
-def script_args(command: str, module: str, rest: Sequence[str] | None) -> list[str]:
-    """Arguments after `--`; anything between the module and `--` is a misplaced flag."""
+def script_args(
+    command: str,
+    module: str,
+    rest: Sequence[str] | None,
+    *,
+    typed: Sequence[str] | None = None,
+    own_flags: Mapping[str, bool] | None = None,
+) -> list[str]:
+    """Arguments after `--`; anything between the module and `--` is a misplaced word, and the
+    error shows the command line fixed. `typed` is what the user typed after `caliban`,
+    `own_flags` this command's options (name -> takes a value)."""
     rest = list(rest or [])
     if not rest:
         return []
     if rest[0] != "--":
-        stray = []
-        for arg in rest:
-            if arg == "--":
-                break
-            stray.append(arg)
+        stray = list(itertools.takewhile(lambda a: a != "--", rest))
         after = rest[len(stray) + 1 :]
-        fixed = " ".join(shlex.quote(a) for a in [*stray, module, "--", *after])
+        ours, theirs = _split_stray(stray, own_flags or {})
+        before = _typed_before(typed, module, stray) or [*command.split(), "..."]
+        script = [*theirs, *after]
+        fixed = [*before, *ours, module, *(["--", *script] if script else [])]
         raise SpecError(
-            f"{' '.join(map(shlex.quote, stray))} came after the module {module!r} but before "
-            f"'--': put caliban flags before the module (caliban {command} ... {fixed}) or "
-            "script arguments after '--'"
+            f"{_quoted(stray)} came after the module {module!r} but before '--': caliban flags "
+            "go before the module, script arguments after '--'; did you mean: caliban "
+            f"{_quoted(fixed)}"
         )
     return rest[1:]
+
+
+def _quoted(words: Sequence[str]) -> str:
+    return " ".join(w if w == "..." else shlex.quote(w) for w in words)
+
+
+def _split_stray(stray: list[str], own_flags: Mapping[str, bool]) -> tuple[list[str], list[str]]:
+    """(caliban's own flags, with their values; the script's words) among `stray`."""
+    ours: list[str] = []
+    theirs: list[str] = []
+    words = iter(stray)
+    for word in words:
+        name = word.split("=", 1)[0]
+        if name in own_flags:
+            ours.append(word)
+            if own_flags[name] and "=" not in word:
+                ours.extend(itertools.islice(words, 1))
+        else:
+            theirs.append(word)
+    return ours, theirs
+
+
+def _typed_before(typed: Sequence[str] | None, module: str, stray: list[str]) -> list[str]:
+    """The words the user typed before the module, if `typed` shows where it is."""
+    words = list(typed or [])
+    for i, word in enumerate(words):
+        if word == module and words[i + 1 : i + 1 + len(stray)] == stray:
+            return words[:i]
+    return []
 
 
 def resolve_module(module: str) -> Entrypoint:
@@ -66,7 +106,12 @@ def load_calibanconfig():
 
     path = Path(CALIBANCONFIG)
     text = read_text(CALIBANCONFIG, CALIBANCONFIG) if path.exists() else None
-    return parse_calibanconfig(text)
+    config = parse_calibanconfig(text)
+    for line in config.ignored_key_warnings():
+        if line not in _WARNED:  # a command may read the file more than once
+            _WARNED.add(line)
+            print(f"warning: {line}", file=sys.stderr)
+    return config
 
 
 def dockerfile(
@@ -136,14 +181,30 @@ def gpu_mode(nogpu: bool, gpu_spec: str | None, tpu_spec: str | None) -> bool:
 
 
 def accelerators(
-    nogpu: bool, gpu_spec: str | None, tpu_spec: str | None, *, validate_count: bool = True
+    nogpu: bool,
+    gpu_spec: str | None,
+    tpu_spec: str | None,
+    *,
+    validate_count: bool = True,
+    cluster: bool = False,
 ):
-    """(gpu, tpu) specs for a job; GPU mode without --gpu_spec gets the default GPU."""
+    """(gpu, tpu) specs for a job; GPU mode without --gpu_spec gets the default GPU.
+
+    For a `cluster`, Vertex's retired GPUs are fine (the nodes decide) and the TPU is left to
+    the caller (spec.gke_tpu): GKE's TPU types are not Vertex's."""
     from caliban_flows.spec import accelerators as acc
 
     use_gpu = gpu_mode(nogpu, gpu_spec, tpu_spec)
-    gpu = acc.parse_gpu_spec(gpu_spec, validate_count=validate_count) if gpu_spec else None
-    tpu = acc.parse_tpu_spec(tpu_spec, validate_count=validate_count) if tpu_spec else None
+    gpu = (
+        acc.parse_gpu_spec(gpu_spec, validate_count=validate_count, retired_ok=cluster)
+        if gpu_spec
+        else None
+    )
+    tpu = (
+        acc.parse_tpu_spec(tpu_spec, validate_count=validate_count)
+        if tpu_spec and not cluster
+        else None
+    )
     if use_gpu and gpu is None:
         gpu = acc.default_gpu_spec()
     return gpu, tpu

@@ -134,15 +134,16 @@ def _normalize(name: str) -> str:
     return name.strip().upper().replace("-", "_")
 
 
-def _resolve_gpu(name: str, spec: str, catalog: Catalog) -> str:
+def _resolve_gpu(name: str, spec: str, catalog: Catalog, *, retired_ok: bool = False) -> str:
     key = _normalize(name)
     for gpu in catalog.gpus.values():
         if key == gpu.name or key == gpu.accelerator_type or key in gpu.aliases:
-            if gpu.retired:
+            if gpu.retired and not retired_ok:
                 hint = f"; use {gpu.replacement} instead" if gpu.replacement else ""
                 raise SpecError(
                     f"GPU type {_q(name)} in {_q(spec)} is retired on Vertex AI{hint}"
-                    f" (valid GPU types: {_join(valid_gpu_names())})"
+                    f" (valid GPU types: {_join(valid_gpu_names())}); a cluster of your own"
+                    " still takes it with caliban cluster job submit"
                 )
             return gpu.name
     choices = valid_gpu_names()
@@ -164,14 +165,15 @@ def _resolve_tpu(name: str, spec: str, catalog: Catalog) -> str:
     )
 
 
-def parse_gpu_spec(text: str, *, validate_count: bool = True) -> GpuSpec:
+def parse_gpu_spec(text: str, *, validate_count: bool = True, retired_ok: bool = False) -> GpuSpec:
     """Parse Caliban's ``NUMxTYPE`` GPU syntax, e.g. ``"2xV100"`` or ``"1xNVIDIA_TESLA_T4"``.
 
     With ``validate_count``, the count must be one that some machine type offers for that GPU.
+    ``retired_ok`` takes GPUs Vertex AI retired (K80): a cluster's own nodes may still have them.
     """
     catalog = load_catalog()
     count, type_text = _split_spec(text, "GPU", "1xT4 or 2xV100")
-    gpu = _resolve_gpu(type_text, text.strip(), catalog)
+    gpu = _resolve_gpu(type_text, text.strip(), catalog, retired_ok=retired_ok)
     if validate_count:
         allowed = catalog.gpu_counts(gpu)
         if count not in allowed:

@@ -218,15 +218,17 @@ BaseImage = Annotated[
 ]
 _UNION_KEYS = ("apt_packages", "base_image")
 
-# Keys that Caliban understood and we accept without acting on them.
-INERT_KEYS = (
-    "build_time_credentials",
-    "default_mode",
-    "gcloud",
-    "julia_version",
-    "mlflow_config",
-    "uv",
-)
+# Keys that Caliban understood and we accept without acting on them, with what to do instead.
+INERT_KEYS: Mapping[str, str] = {
+    "build_time_credentials": "credentials are never built into an image; jobs get the key "
+    "mounted read-only at run time",
+    "default_mode": "GPU mode is the default; pass --nogpu for CPU mode",
+    "gcloud": "pass --project_id and --cloud_key, or set $PROJECT_ID and "
+    "$GOOGLE_APPLICATION_CREDENTIALS",
+    "julia_version": "Julia is not installed; add it with base_image or apt_packages",
+    "mlflow_config": "runs are tracked in Prefect, not MLflow",
+    "uv": "Caliban's UV metrics publisher is not included",
+}
 
 
 class CalibanConfig(_Strict):
@@ -272,6 +274,11 @@ class CalibanConfig(_Strict):
     def ignored_keys(self) -> tuple[str, ...]:
         """Keys the file sets that have no effect here, for a warning."""
         return tuple(k for k in INERT_KEYS if k in self.model_fields_set)
+
+    def ignored_key_warnings(self) -> list[str]:
+        """One line per key the file sets to no effect: the key, and what to do instead."""
+        return [f"{self._source}: '{k}' has no effect in caliban-flows ({INERT_KEYS[k]})"
+                for k in self.ignored_keys()]  # fmt: skip
 
 
 def parse_calibanconfig(text: str | None, *, source: str = CALIBANCONFIG) -> CalibanConfig:

@@ -8,26 +8,52 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
+from caliban_flows.spec.docker_run_values import (
+    GpuRequest,
+    Mount,
+    Ulimit,
+    parse_device,
+    parse_gpus,
+    parse_host,
+    parse_mount,
+    parse_tmpfs,
+    parse_ulimit,
+)
 from caliban_flows.spec.errors import SpecError
 
 SUPPORTED = (
     "-v/--volume",
+    "--mount",
+    "--tmpfs",
     "-e/--env",
     "--env-file",
     "--gpus",
+    "--device",
     "--network",
+    "--add-host",
+    "--ipc",
     "--shm-size",
     "--cpus",
     "-m/--memory",
+    "--ulimit",
+    "--pids-limit",
     "-p/--publish",
     "-w/--workdir",
     "-u/--user",
+    "--group-add",
+    "--cap-add",
+    "--cap-drop",
+    "--security-opt",
+    "--privileged",
+    "--init",
     "--runtime",
 )
+# Docker's boolean flags, also written --privileged=false.
+_SWITCHES = ("--privileged", "--init")
 
 
 @dataclass(frozen=True)
@@ -35,7 +61,7 @@ class RunOptions:
     volumes: tuple[str, ...] = ()
     env: tuple[str, ...] = ()  # "K=V", or "K" to copy the caller's value
     env_files: tuple[str, ...] = ()
-    gpus: str | None = None
+    gpus: GpuRequest | None = None
     network: str | None = None
     shm_size: str | None = None
     cpus: float | None = None
@@ -44,6 +70,19 @@ class RunOptions:
     workdir: str | None = None
     user: str | None = None
     runtime: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, mount options)
+    devices: tuple[str, ...] = ()  # HOST:CONTAINER:PERMISSIONS
+    extra_hosts: tuple[str, ...] = ()  # NAME:IP
+    ulimits: tuple[Ulimit, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    group_add: tuple[str, ...] = ()
+    ipc: str | None = None
+    pids_limit: int | None = None
+    privileged: bool = False
+    init: bool = False
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,21 +90,67 @@ class _Parser(argparse.ArgumentParser):
         raise SpecError(f"--docker_run_args: {message}; supported: {', '.join(SUPPORTED)}")
 
 
+class _BadValue(Exception):  # not a ValueError, which argparse would reword
+    pass
+
+
+def _checked(flag: str, parse: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type that names the flag and the reason when a value does not parse."""
+
+    def convert(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise _BadValue(f"--docker_run_args: {flag} {e}") from None
+
+    return convert
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="--docker_run_args", add_help=False, allow_abbrev=False)
-    p.add_argument("-v", "--volume", action="append", default=[])
-    p.add_argument("-e", "--env", action="append", default=[])
-    p.add_argument("--env-file", action="append", default=[])
-    p.add_argument("--gpus")
+    many: dict[str, Any] = {"action": "append", "default": []}
+    p.add_argument("-v", "--volume", **many)
+    p.add_argument("--mount", type=_checked("--mount", parse_mount), **many)
+    p.add_argument("--tmpfs", type=_checked("--tmpfs", parse_tmpfs), **many)
+    p.add_argument("-e", "--env", **many)
+    p.add_argument("--env-file", **many)
+    p.add_argument("--gpus", type=_checked("--gpus", parse_gpus))
+    p.add_argument("--device", type=_checked("--device", parse_device), **many)
     p.add_argument("--network", "--net")
+    p.add_argument("--add-host", type=_checked("--add-host", parse_host), **many)
+    p.add_argument("--ipc")
     p.add_argument("--shm-size")
     p.add_argument("--cpus", type=float)
     p.add_argument("-m", "--memory")
-    p.add_argument("-p", "--publish", action="append", default=[])
+    p.add_argument("--ulimit", type=_checked("--ulimit", parse_ulimit), **many)
+    p.add_argument("--pids-limit", type=int)
+    p.add_argument("-p", "--publish", **many)
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
+    p.add_argument("--group-add", **many)
+    p.add_argument("--cap-add", **many)
+    p.add_argument("--cap-drop", **many)
+    p.add_argument("--security-opt", **many)
     p.add_argument("--runtime")
     return p
+
+
+def _switches(words: list[str]) -> tuple[list[str], dict[str, bool]]:
+    """The words without --privileged/--init (bare or =true/false), and their values: the
+    last one given wins, as in docker."""
+    rest: list[str] = []
+    values: dict[str, bool] = {}
+    for word in words:
+        flag, sep, value = word.partition("=")
+        if flag not in _SWITCHES:
+            rest.append(word)
+        elif not sep or value.lower() in ("true", "1"):
+            values[flag] = True
+        elif value.lower() in ("false", "0"):
+            values[flag] = False
+        else:
+            raise SpecError(f"--docker_run_args: {word!r}: {flag} takes true or false")
+    return rest, values
 
 
 def split_run_args(text: str | None) -> list[str]:
@@ -86,7 +171,11 @@ def parse_run_words(words: Sequence[str]) -> RunOptions:
     """Already-split words; they are kept as words so values with spaces survive."""
     if not words:
         return RunOptions()
-    ns, rest = _parser().parse_known_args(list(words))
+    words, switches = _switches(list(words))
+    try:
+        ns, rest = _parser().parse_known_args(words)
+    except _BadValue as e:
+        raise SpecError(str(e)) from None
     if rest:
         raise SpecError(
             f"--docker_run_args: {' '.join(rest)!r} is not a flag caliban passes to docker; "
@@ -110,7 +199,44 @@ def parse_run_words(words: Sequence[str]) -> RunOptions:
         workdir=ns.workdir,
         user=ns.user,
         runtime=ns.runtime,
+        mounts=tuple(ns.mount),
+        tmpfs=tuple(ns.tmpfs),
+        devices=tuple(ns.device),
+        extra_hosts=tuple(ns.add_host),
+        ulimits=tuple(ns.ulimit),
+        cap_add=tuple(ns.cap_add),
+        cap_drop=tuple(ns.cap_drop),
+        security_opt=tuple(ns.security_opt),
+        group_add=tuple(ns.group_add),
+        ipc=ns.ipc,
+        pids_limit=ns.pids_limit,
+        privileged=switches.get("--privileged", False),
+        init=switches.get("--init", False),
     )
+
+
+def _gpus_for_cli(gpus: GpuRequest) -> str:
+    fields = [] if gpus.count is None else [f"count={'all' if gpus.count < 0 else gpus.count}"]
+    if gpus.device_ids:
+        fields.append(f'"device={",".join(gpus.device_ids)}"')  # quoted: one CSV field
+    if gpus.driver:
+        fields.append(f"driver={gpus.driver}")
+    extra = [c for c in gpus.capabilities if c != "gpu"]
+    if extra:
+        fields.append(f'"capabilities={",".join(extra)}"')
+    return ",".join(fields)
+
+
+def cli_words(words: Sequence[str]) -> list[str]:
+    """The words for the docker CLI itself (shell, notebook), with each --gpus value written
+    so that docker reads it as we do: `device=0,2` unquoted would mean device 0, count 2."""
+    out = list(words)
+    for i, word in enumerate(out):
+        if word == "--gpus" and i + 1 < len(out):
+            out[i + 1] = _gpus_for_cli(parse_gpus(out[i + 1]))
+        elif word.startswith("--gpus="):
+            out[i] = "--gpus=" + _gpus_for_cli(parse_gpus(word[len("--gpus=") :]))
+    return out
 
 
 def env_values_out(words: Sequence[str]) -> tuple[list[str], dict[str, str]]:

@@ -1,7 +1,8 @@
 """GKE cluster management, pure: the create request Caliban made, limits from quota, GPU checks.
 
 `cluster create` turns node autoprovisioning on, with resource maxima taken from the
-project's Compute Engine quota in the region (as Caliban did; maxima under 1 are left out).
+project's Compute Engine quota in the region (as Caliban did; maxima under 1 are left out), TPU
+slice node pools included (spec.gke_tpu).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from caliban_flows.spec import gke_tpu
 from caliban_flows.spec.errors import SpecError
 
 RELEASE_CHANNELS = ("UNSPECIFIED", "RAPID", "REGULAR", "STABLE")
@@ -62,8 +64,11 @@ def region_of(location: str) -> str:
     raise SpecError(f"--zone {location!r} is not a zone (us-central1-a) or region (us-central1)")
 
 
-def resource_limits(quotas: Mapping[str, float]) -> list[dict]:
-    """Autoprovisioning maxima from region quotas (metric -> limit): cpu, memory, each GPU."""
+def resource_limits(
+    quotas: Mapping[str, float], tpu_limits: Mapping[str, int] | None = None
+) -> list[dict]:
+    """Autoprovisioning maxima from region quotas (metric -> limit): cpu, memory, each GPU, and
+    TPU chips per GKE TPU accelerator (`tpu_limits` from --tpu_limit, else the quota)."""
     cpus = int(quotas.get("CPUS", 0))
     limits = []
     if cpus >= 1:
@@ -73,6 +78,7 @@ def resource_limits(quotas: Mapping[str, float]) -> list[dict]:
         count = int(quotas.get(metric, 0))
         if count >= 1:  # Caliban 0.4.0: no maximum for a quota under 1
             limits.append({"resource_type": resource, "maximum": count})
+    limits.extend(gke_tpu.autoprovisioning_limits(dict(quotas), dict(tpu_limits or {})))
     return limits
 
 
@@ -85,6 +91,7 @@ def create_request(
     release_channel: str,
     limits: list[dict],
     zones: list[str],
+    tpu_legacy: bool = False,
 ) -> dict:
     """ClusterManager's CreateClusterRequest, as a mapping (container_v1 field names)."""
     if release_channel not in RELEASE_CHANNELS:
@@ -105,9 +112,10 @@ def create_request(
             "autoprovisioning_node_pool_defaults": {"oauth_scopes": list(AUTOPROVISIONING_SCOPES)},
         },
         "ip_allocation_policy": {"use_ip_aliases": True},
-        "enable_tpu": True,  # Caliban's clusters took --tpu_spec jobs (Cloud TPU nodes)
         "release_channel": {"channel": release_channel},
     }
+    if tpu_legacy:  # Caliban's clusters: deprecated Cloud TPU Nodes for --tpu_legacy jobs
+        cluster["enable_tpu"] = True
     if not single_zone:
         cluster["locations"] = zones
     return {"parent": f"projects/{project}/locations/{location}", "cluster": cluster}

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from caliban_flows.spec import gke_tpu
 from caliban_flows.spec.errors import SpecError
 from caliban_flows.spec.vertex_job import xgroup_id
 
@@ -28,9 +29,7 @@ DEFAULT_CPU = 31000
 DEFAULT_BACKOFF_LIMIT = 0  # Caliban's jobs ran once; a retry is a resubmit, on purpose
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 GKE_SPOT = "cloud.google.com/gke-spot"
-TPU_VERSION_ANNOTATION = "tf-version.cloud-tpus.google.com"
-# Caliban's TPUs on GKE: Cloud TPU nodes named by a resource limit, driver by annotation.
-TPU_RESOURCES = {"V2": "v2", "V3": "v3"}
+TPU_VERSION_ANNOTATION = gke_tpu.LEGACY_VERSION_ANNOTATION
 
 # The pod failure policy (batch/v1, Kubernetes >= 1.26) that --max_restarts adds: a pod the
 # cluster disrupted (preempted, evicted, its node drained) or that exited with a named code is
@@ -76,8 +75,10 @@ class Resources:
     gpu_count: int = 0
     gpu_type: str | None = None  # the catalog's accelerator type, e.g. NVIDIA_TESLA_T4
     tpu_count: int = 0
-    tpu_type: str | None = None  # the catalog's short name: V2, V3
-    tpu_driver: str = "1.14"
+    # spec.gke_tpu's name (V4, V5E, V5P, V6E); V2/V3 only in Caliban's Cloud TPU Node form
+    tpu_type: str | None = None
+    tpu_topology: str | None = None
+    tpu_driver: str = "1.14"  # the Cloud TPU Node form's TF version annotation
     preemptible_tpu: bool = True
     spot: bool = True  # GKE only
     gke: bool = False
@@ -106,12 +107,8 @@ def resources(
     max_restarts: int = 0,
     restart_on_exit_codes: Sequence[int] = (),
 ) -> Resources:
-    """From Caliban's flags; `gpu` / `tpu` are spec.accelerators' GpuSpec / TpuSpec."""
-    if tpu is not None and tpu.tpu not in TPU_RESOURCES:
-        raise SpecError(
-            f"--tpu_spec {tpu}: clusters take {' or '.join(TPU_RESOURCES)} TPUs, as Caliban "
-            "did; use caliban cloud for newer TPUs"
-        )
+    """From Caliban's flags; `gpu` is spec.accelerators' GpuSpec, `tpu` spec.gke_tpu's
+    ClusterTpu."""
     if backoff_limit < 0:
         raise SpecError(f"--backoff_limit {backoff_limit} must be 0 or more")
     codes = restart_codes(max_restarts, restart_on_exit_codes)
@@ -128,6 +125,7 @@ def resources(
         gpu_type=gpu.accelerator_type if gpu else None,
         tpu_count=tpu.count if tpu else 0,
         tpu_type=tpu.tpu if tpu else None,
+        tpu_topology=tpu.topology if tpu else None,
         tpu_driver=tpu_driver,
         preemptible_tpu=not nonpreemptible_tpu,
         spot=not nonpreemptible,
@@ -241,12 +239,25 @@ def job_manifest(
         limits["nvidia.com/gpu"] = str(resources.gpu_count)
         if resources.gke and resources.gpu_type:
             selector[GKE_ACCELERATOR] = gke_accelerator(resources.gpu_type)
-    if resources.tpu_count and resources.tpu_type:
-        kind = TPU_RESOURCES[resources.tpu_type]
-        prefix = "preemptible-" if resources.preemptible_tpu else ""
-        limits[f"cloud-tpus.google.com/{prefix}{kind}"] = str(resources.tpu_count)
+    tpu = resources.tpu_type if resources.tpu_count else None
+    legacy_tpu = tpu in gke_tpu.LEGACY_RESOURCES
+    spot = resources.spot and resources.gke
+    if tpu and legacy_tpu:
+        resource = gke_tpu.legacy_resource(tpu, preemptible=resources.preemptible_tpu)
+        limits[resource] = str(resources.tpu_count)
         annotations[TPU_VERSION_ANNOTATION] = resources.tpu_driver
-    if resources.gke and resources.spot:
+    elif tpu:  # a TPU VM slice node: all its chips, picked by accelerator and topology
+        chips, tpu_selector = gke_tpu.node_request(
+            gke_tpu.ClusterTpu(resources.tpu_count, tpu, topology=resources.tpu_topology)
+        )
+        limits.update(chips)
+        selector.update(tpu_selector)
+        # The TPU is the node: a Spot TPU node only if neither flag asks for on-demand.
+        spot = spot and resources.preemptible_tpu
+        tolerations.append(
+            {"key": gke_tpu.TPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+        )
+    if spot:
         selector[GKE_SPOT] = "true"
         tolerations.append(
             {"key": GKE_SPOT, "operator": "Equal", "value": "true", "effect": "NoSchedule"}

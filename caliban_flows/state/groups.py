@@ -100,13 +100,18 @@ def _with_jobs(http, runs: list[GroupRun]) -> list[GroupRun]:
     jobs, final = records.read(http, [r.flow_run_id for r in runs])
     out = []
     for run in runs:
-        ended = final.get(run.flow_run_id) if run.state in SETTLED_RUN_STATES else None
+        # A local run's engine is asked first; its final record only fills in jobs without a
+        # container (Caliban 0.4.2's imported ones, state.history_import), even during a rerun.
+        local = not is_remote(run)
+        ended = final.get(run.flow_run_id) if local or run.state in SETTLED_RUN_STATES else None
         run_jobs = jobs.get(run.flow_run_id, []) if run.version >= 2 else run.jobs
         out.append(
             replace(
                 run,
                 jobs=run_jobs,
-                final=_covering(_final(ended), run_jobs) if ended is not None else run.final,
+                final=(_final(ended) if local else _covering(_final(ended), run_jobs))
+                if ended is not None
+                else run.final,
             )
         )
     return out

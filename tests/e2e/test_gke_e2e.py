@@ -10,8 +10,10 @@ import subprocess
 import uuid
 
 import pytest
+import yaml
 
 from devtools.gke_emulator import ComputeQuotaEmulator, GkeEmulator
+from devtools.k8s_apps import sample_daemonset
 from devtools.k8s_emulator import K8sEmulator
 from tests.conftest import BIN, caliban_runner
 
@@ -36,8 +38,19 @@ def gke(tmp_path, caliban_home):
     with (
         GkeEmulator(op_seconds=0.3) as clusters,
         ComputeQuotaEmulator(QUOTAS, trust=clusters) as compute,
-        K8sEmulator(run_containers=False, sim_step=0.05) as kube,
+        # TLS and Google's credentials, as a GKE control plane: `cluster create` applies
+        # the NVIDIA driver DaemonSet to the cluster it made, which answers here.
+        K8sEmulator(
+            run_containers=False,
+            sim_step=0.05,
+            tls=True,
+            require_auth=True,
+            authenticate=clusters.authenticates,
+        ) as kube,  # fmt: skip
     ):
+        clusters.kube_port = kube.port
+        daemonset = tmp_path / "nvidia-driver-daemonset.yaml"
+        daemonset.write_text(yaml.safe_dump(sample_daemonset()))
         context = f"gke_{PROJECT}_us-central1_c1"  # as gcloud get-credentials names it
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", context=context)
         env = {
@@ -49,6 +62,7 @@ def gke(tmp_path, caliban_home):
             "CALIBAN_REGISTRY": "127.0.0.1:5000",
             "PROJECT_ID": PROJECT,
             "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"),
+            "CALIBAN_NVIDIA_DRIVER_DAEMONSET": str(daemonset),
         }
         env.pop("PREFECT_API_URL", None)
         yield clusters, kube, caliban_runner(tmp_path, env)
@@ -65,12 +79,13 @@ def test_create_ls_submit_check_and_delete_a_cluster(gke):
     assert limits == {"cpu": 72, "memory": 72 * 64, "nvidia-tesla-t4": 4}
     assert request["parent"] == f"projects/{PROJECT}/locations/us-central1"  # regional
     assert request["cluster"]["release_channel"] == {"channel": "REGULAR"}
-    assert request["cluster"]["enable_tpu"] is True
+    assert "enable_tpu" not in request["cluster"]  # TPU slice node pools, not TPU Nodes
     assert clusters.clusters() == []
 
     made = cli("cluster", "create", "--cluster_name", "c1", "--zone", "us-central1-a")
     assert made.returncode == 0, made.stderr
     assert "created cluster c1" in made.stderr
+    assert [d["metadata"]["name"] for d in kube.daemonsets()] == ["nvidia-driver-installer"]
     [cluster] = clusters.clusters()
     assert cluster.name == "c1" and cluster.status.name == "RUNNING"
     assert cluster.autoscaling.enable_node_autoprovisioning

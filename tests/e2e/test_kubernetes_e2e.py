@@ -278,7 +278,7 @@ def test_a_submission_killed_at_a_random_point_then_rerun_makes_each_job_once(si
     "args, needle",
     [
         (["--context", "nowhere"], "no context 'nowhere'"),
-        (["--tpu_spec", "8xV4_POD"], "caliban cloud"),
+        (["--tpu_spec", "8xV4_POD"], "single-host V4 slice: 4xV4"),
         (["--cluster_name", "prod"], "get-credentials prod"),
         (["--pool", "gpus"], "--max_running"),
     ],

@@ -88,10 +88,12 @@ CASES = [
         {
             "context": GKE_CONTEXT,
             "tpu_spec": "8xV3",
+            "tpu_legacy": True,
             "tpu_driver": "2.1",
             "nonpreemptible_tpu": True,
         },
     ),
+    ("kubernetes", "tpu_spec", {"context": GKE_CONTEXT, "tpu_spec": "4xV5E"}),
     ("kubernetes", "force", {"force": True, "nogpu": False, "context": GKE_CONTEXT}),
     ("kubernetes", "max_qps", {"max_qps": 20}),
     ("kubernetes", "max_restarts", {"max_restarts": 2}),

@@ -167,6 +167,34 @@ def kube(emu, tmp_path) -> Kube:
 # --------------------------------------------------------------------------- basics
 
 
+def test_daemonsets_as_the_api_server_takes_them(emu, kube) -> None:
+    """apps/v1 DaemonSets (the NVIDIA driver installer): created, listed, read, deleted; a
+    selector that misses the template's labels is refused as the API server refuses it."""
+    from devtools.k8s_apps import sample_daemonset
+
+    apps = client.AppsV1Api(kube.api)
+    made = apps.create_namespaced_daemon_set("kube-system", sample_daemonset())
+    assert made.metadata.uid and made.status.desired_number_scheduled == 0
+    with pytest.raises(ApiException) as again:
+        apps.create_namespaced_daemon_set("kube-system", sample_daemonset())
+    assert again.value.status == 409
+    bad = sample_daemonset("other")
+    bad["spec"]["selector"] = {"matchLabels": {"k8s-app": "elsewhere"}}
+    with pytest.raises(ApiException) as refused:
+        apps.create_namespaced_daemon_set("kube-system", bad)
+    assert refused.value.status == 422
+    assert (
+        "`selector` does not match template `labels`" in json.loads(refused.value.body)["message"]
+    )
+    listed = apps.list_daemon_set_for_all_namespaces().items
+    assert [(d.metadata.namespace, d.metadata.name) for d in listed] == [
+        ("kube-system", "nvidia-driver-installer")
+    ]
+    assert apps.read_namespaced_daemon_set("nvidia-driver-installer", "kube-system").spec
+    apps.delete_namespaced_daemon_set("nvidia-driver-installer", "kube-system")
+    assert emu.daemonsets() == []
+
+
 def test_version_discovery_and_kubeconfig(emu, kube, tmp_path) -> None:
     info = client.VersionApi(kube.api).get_code()
     assert (info.major, info.minor, info.git_version) == ("1", "33", "v1.33.0")
@@ -174,7 +202,7 @@ def test_version_discovery_and_kubeconfig(emu, kube, tmp_path) -> None:
     assert emu.calls()["get version"] == 1
 
     groups = client.ApisApi(kube.api).get_api_versions().groups
-    assert [g.preferred_version.group_version for g in groups] == ["batch/v1"]
+    assert [g.preferred_version.group_version for g in groups] == ["batch/v1", "apps/v1"]
     assert client.CoreApi(kube.api).get_api_versions().versions == ["v1"]
     resources = client.BatchV1Api(kube.api).get_api_resources().resources
     assert {r.name: r.namespaced for r in resources} == {"jobs": True, "jobs/status": True}

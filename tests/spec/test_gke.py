@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from caliban_flows.spec import gke
+from caliban_flows.spec import gke, gke_tpu
 from caliban_flows.spec.errors import SpecError
 
 QUOTAS = {"CPUS": 24, "NVIDIA_T4_GPUS": 4, "NVIDIA_V100_GPUS": 0.5, "NVIDIA_L4_GPUS": 1}
@@ -18,6 +18,22 @@ def test_limits_come_from_quota_and_skip_quotas_under_one():
         {"resource_type": "nvidia-l4", "maximum": 1},
     ]
     assert gke.resource_limits({}) == []
+
+
+def test_tpu_limits_come_from_the_flag_else_the_v5e_quota():
+    quotas = {"CPUS": 8, "TPU_LITE_PODSLICE_V5": 16, "PREEMPTIBLE_TPU_LITE_PODSLICE_V5": 64}
+    tpus = [r for r in gke.resource_limits(quotas) if r["resource_type"].startswith("tpu-")]
+    assert tpus == [{"resource_type": "tpu-v5-lite-podslice", "maximum": 64}]
+    given = gke_tpu.parse_tpu_limits(["V6E=32", "v5p=8", "V5E=4"])
+    tpus = [r for r in gke.resource_limits(quotas, given) if r["resource_type"].startswith("tpu")]
+    assert tpus == [
+        {"resource_type": "tpu-v5-lite-podslice", "maximum": 4},
+        {"resource_type": "tpu-v5p-slice", "maximum": 8},
+        {"resource_type": "tpu-v6e-slice", "maximum": 32},
+    ]
+    for bad in ("V6E", "V9=4", "V6E=many", "=4"):
+        with pytest.raises(SpecError, match="--tpu_limit"):
+            gke_tpu.parse_tpu_limits([bad])
 
 
 @pytest.mark.parametrize(
@@ -53,7 +69,8 @@ def test_a_regional_cluster_spans_the_regions_zones():
     assert cluster["locations"] == ["us-central1-a", "us-central1-b"]
     assert cluster["autoscaling"]["enable_node_autoprovisioning"] is True
     assert cluster["release_channel"] == {"channel": "REGULAR"}
-    assert cluster["initial_node_count"] == 3 and cluster["enable_tpu"] is True
+    assert cluster["initial_node_count"] == 3 and "enable_tpu" not in cluster
+    assert request(tpu_legacy=True)["cluster"]["enable_tpu"] is True  # Cloud TPU Nodes
 
 
 def test_a_single_zone_cluster_lives_in_its_zone():

@@ -9,8 +9,9 @@ from dataclasses import asdict
 import pytest
 
 from caliban_flows.spec import k8s_job as kj
-from caliban_flows.spec.accelerators import GpuSpec, TpuSpec
+from caliban_flows.spec.accelerators import GpuSpec
 from caliban_flows.spec.errors import SpecError
+from caliban_flows.spec.gke_tpu import parse_cluster_tpu
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
@@ -81,20 +82,81 @@ def test_nonpreemptible_drops_spot():
     assert "nodeSelector" not in pod
 
 
-def test_tpus_as_caliban_asked_for_them():
-    res = kj.resources(min_cpu=None, min_mem=None, tpu=TpuSpec(8, "V3"), tpu_driver="2.1")
+def test_tpus_as_caliban_asked_for_them_with_tpu_legacy():
+    tpu = parse_cluster_tpu("8xV3", legacy=True)
+    res = kj.resources(min_cpu=None, min_mem=None, tpu=tpu, tpu_driver="2.1", gke=True)
     job = manifest(res)
-    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits == {"cloud-tpus.google.com/preemptible-v3": "8"}
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {
+        "cloud-tpus.google.com/preemptible-v3": "8"
+    }
     assert job["spec"]["template"]["metadata"]["annotations"] == {kj.TPU_VERSION_ANNOTATION: "2.1"}
-    res = kj.resources(min_cpu=None, min_mem=None, tpu=TpuSpec(8, "V2"), nonpreemptible_tpu=True)
+    tpu = parse_cluster_tpu("8xV2", legacy=True)
+    res = kj.resources(min_cpu=None, min_mem=None, tpu=tpu, nonpreemptible_tpu=True)
     limits = manifest(res)["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"cloud-tpus.google.com/v2": "8"}
 
 
-def test_newer_tpus_and_negative_backoff_are_refused():
-    with pytest.raises(SpecError, match="caliban cloud"):
-        kj.resources(min_cpu=None, min_mem=None, tpu=TpuSpec(8, "V4_POD"))
+@pytest.mark.parametrize(
+    "spec, accelerator, topology",
+    [
+        ("4xV4", "tpu-v4-podslice", "2x2x1"),
+        ("1xV5E", "tpu-v5-lite-podslice", "1x1"),
+        ("4xv5_litepod", "tpu-v5-lite-podslice", "2x2"),
+        ("8xV5E", "tpu-v5-lite-podslice", "2x4"),
+        ("4xV5P", "tpu-v5p-slice", "2x2x1"),
+        ("1xV6E", "tpu-v6e-slice", "1x1"),
+        ("4xtpu-v6e-slice", "tpu-v6e-slice", "2x2"),
+        ("8xTrillium", "tpu-v6e-slice", "2x4"),
+    ],
+)
+def test_tpus_as_gke_runs_them_today(spec, accelerator, topology):
+    tpu = parse_cluster_tpu(spec)
+    res = kj.resources(min_cpu=None, min_mem=None, tpu=tpu, gke=True)
+    job = manifest(res)
+    pod = job["spec"]["template"]["spec"]
+    chips = spec.split("x")[0]
+    assert pod["containers"][0]["resources"]["limits"] == {"google.com/tpu": chips}
+    assert pod["nodeSelector"] == {
+        "cloud.google.com/gke-tpu-accelerator": accelerator,
+        "cloud.google.com/gke-tpu-topology": topology,
+        "cloud.google.com/gke-spot": "true",
+    }
+    assert {"key": "google.com/tpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert "annotations" not in job["spec"]["template"]["metadata"]
+    # The TPU is the node: either flag asks for an on-demand one.
+    for flag in ("nonpreemptible", "nonpreemptible_tpu"):
+        res = kj.resources(min_cpu=None, min_mem=None, tpu=tpu, gke=True, **{flag: True})
+        assert (
+            "cloud.google.com/gke-spot"
+            not in manifest(res)["spec"]["template"]["spec"]["nodeSelector"]
+        )
+
+
+@pytest.mark.parametrize(
+    "spec, kw, needle",
+    [
+        ("8xV3", {}, "--tpu_legacy"),
+        ("16xV5E", {}, "1xV5E, 4xV5E, 8xV5E"),
+        ("8xV4", {}, "4xV4"),
+        ("4xV5E", {"legacy": True}, "V2 or V3 only"),
+        ("4xV9", {}, "V4, V5E, V5P, V6E"),
+    ],
+)
+def test_cluster_tpu_specs_that_gke_cannot_run(spec, kw, needle):
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        parse_cluster_tpu(spec, **kw)
+
+
+def test_force_sends_a_count_the_catalog_does_not_list_without_topology():
+    tpu = parse_cluster_tpu("16xV5E", force=True)
+    pod = manifest(kj.resources(min_cpu=None, min_mem=None, tpu=tpu))["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5-lite-podslice"}
+
+
+def test_negative_backoff_is_refused():
     with pytest.raises(SpecError, match="backoff_limit"):
         kj.resources(min_cpu=None, min_mem=None, backoff_limit=-1)
 

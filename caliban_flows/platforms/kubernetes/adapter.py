@@ -33,7 +33,9 @@ from caliban_flows.platforms.kubernetes.client import describe, retry_policy
 from caliban_flows.platforms.submit import SubmitError as SubmitError  # importable from here too
 from caliban_flows.platforms.submit import submit_paced
 from caliban_flows.spec import k8s_job as kj
+from caliban_flows.spec.labels import value_label
 
+PLACEHOLDER_IMAGE = "<built from this folder and pushed to the registry>"  # dry runs show it
 MAX_IN_FLIGHT = 8  # concurrent creates; the token bucket sets the pace
 PAGE_SIZE = 500
 CALL_TIMEOUT = 30.0
@@ -373,18 +375,15 @@ class Kubernetes:
 
 
 def manifest_for(request: JobRequest, resources: kj.Resources, namespace: str) -> dict:
-    """The Job one request becomes (also what --dry_run prints)."""
-    labels = kj.job_labels(
-        request.labels, xgroup=request.xgroup, key=request.key, attempt=request.attempt
-    )
-    return kj.job_manifest(
-        name=kj.job_name(request.name, request.key, request.attempt),
-        image=request.image,
-        args=request.command_args(),
-        labels=labels,
-        resources=resources,
-        namespace=namespace,
-    )
+    """The Job one request becomes (also what --dry_run prints). Its docker_image label names
+    the image it runs, as on Vertex AI, unless that is a dry run's PLACEHOLDER_IMAGE."""
+    shown = dict(request.labels)
+    if "docker_image" in shown and request.image != PLACEHOLDER_IMAGE:
+        shown["docker_image"] = value_label(request.image)
+    labels = kj.job_labels(shown, xgroup=request.xgroup, key=request.key, attempt=request.attempt)
+    return kj.job_manifest(name=kj.job_name(request.name, request.key, request.attempt),
+                           image=request.image, args=request.command_args(), labels=labels,
+                           resources=resources, namespace=namespace)  # fmt: skip
 
 
 def _may_have_failed_pods(job: dict) -> bool:

@@ -44,6 +44,9 @@ def _lean() -> dict[str, Any]:
         "ApiException": importlib.import_module("kubernetes.client.exceptions").ApiException,
         "BatchV1Api": importlib.import_module("kubernetes.client.api.batch_v1_api").BatchV1Api,
         "CoreV1Api": importlib.import_module("kubernetes.client.api.core_v1_api").CoreV1Api,
+        "AppsV1Api": importlib.import_module("kubernetes.client.api.apps_v1_api").AppsV1Api,
+        "ApiClient": api_client.ApiClient,
+        "Configuration": configuration.Configuration,
         "config": importlib.import_module("kubernetes.config"),
     }
 
@@ -55,6 +58,9 @@ def _full() -> dict[str, Any]:
         "ApiException": client.exceptions.ApiException,
         "BatchV1Api": client.BatchV1Api,
         "CoreV1Api": client.CoreV1Api,
+        "AppsV1Api": client.AppsV1Api,
+        "ApiClient": client.ApiClient,
+        "Configuration": client.Configuration,
         "config": config,
     }
 
@@ -74,6 +80,22 @@ def batch_api(api_client) -> object:
 
 def core_api(api_client) -> object:
     return _names()["CoreV1Api"](api_client)
+
+
+def apps_api(api_client) -> object:
+    return _names()["AppsV1Api"](api_client)
+
+
+def token_client(host: str, ca_file: str, token: str) -> object:
+    """An ApiClient for an API server known by its address and CA, as a bearer-token caller
+    (a GKE cluster, before any kubeconfig names it)."""
+    names = _names()
+    configuration = names["Configuration"](host=host)
+    configuration.ssl_ca_cert = ca_file
+    bearer = f"Bearer {token}"
+    # Client 36 reads "BearerToken"; older clients read "authorization".
+    configuration.api_key = {"BearerToken": bearer, "authorization": bearer}
+    return names["ApiClient"](configuration)
 
 
 def config() -> ModuleType:

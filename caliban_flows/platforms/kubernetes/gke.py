@@ -21,8 +21,23 @@ COMPUTE_API = "https://compute.googleapis.com"
 CALL_TIMEOUT = 60.0
 
 
+NO_CREDENTIALS = (
+    "no Google credentials: run `gcloud auth application-default login`, or set "
+    "GOOGLE_APPLICATION_CREDENTIALS (or pass --cloud_key) to a service-account key file"
+)
+
+
 class GkeError(RuntimeError):
     """A GKE or Compute Engine call failed: one line."""
+
+
+def gke_error(error: BaseException, what: str = "") -> GkeError:
+    """One line for a failed call; missing application-default credentials say what to do."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    if isinstance(error, DefaultCredentialsError):
+        return GkeError(NO_CREDENTIALS)
+    return GkeError(f"{what}{_first_line(error)}")
 
 
 class Gke:
@@ -37,14 +52,18 @@ class Gke:
 
     def client(self):
         if self._client is None:
+            from google.auth.exceptions import DefaultCredentialsError
             from google.cloud import container_v1
 
             # One path for Google and anything else that speaks the API (a private endpoint,
             # an emulator): TLS with the system's CA roots or $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
-            self._client = container_v1.ClusterManagerClient(
-                credentials=self.credentials,
-                client_options={"api_endpoint": self.endpoint} if self.endpoint else None,
-            )
+            try:
+                self._client = container_v1.ClusterManagerClient(
+                    credentials=self.credentials,
+                    client_options={"api_endpoint": self.endpoint} if self.endpoint else None,
+                )
+            except DefaultCredentialsError as e:  # the application default is looked up here
+                raise gke_error(e) from None
         return self._client
 
     def _path(self, location: str, name: str | None = None) -> str:
@@ -57,6 +76,11 @@ class Gke:
 
     def cluster(self, location: str, name: str):
         return self._call(self.client().get_cluster, name=self._path(location, name))
+
+    def node_pools(self, location: str, name: str) -> list:
+        """The cluster's node pools (container_v1.NodePool), autoprovisioned ones included."""
+        listed = self._call(self.client().list_node_pools, parent=self._path(location, name))
+        return list(listed.node_pools)
 
     def find(self, name: str | None, location: str | None = None):
         """The named cluster (or the project's only one), wherever it is unless told."""
@@ -116,7 +140,7 @@ class Gke:
             answer = AuthorizedSession(for_rest(self.credentials)).get(url, timeout=CALL_TIMEOUT)
             status, body = answer.status_code, answer.json()
         except Exception as e:
-            raise GkeError(f"cannot read the quotas of {region}: {_first_line(e)}") from None
+            raise gke_error(e, f"cannot read the quotas of {region}: ") from None
         if status != 200:
             message = (body.get("error") or {}).get("message", status)
             raise GkeError(f"cannot read the quotas of {region}: {message}")
@@ -138,7 +162,7 @@ class Gke:
         except gexc.GoogleAPICallError as e:
             raise GkeError(_first_line(e)) from None
         except Exception as e:  # no credentials, unreachable endpoint ...
-            raise GkeError(_first_line(e)) from None
+            raise gke_error(e) from None
 
 
 def limits_of(cluster) -> dict[str, int]:

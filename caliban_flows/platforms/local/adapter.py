@@ -20,6 +20,7 @@ from caliban_flows.platforms.base import (
     Platform,
     RemoteJob,
 )
+from caliban_flows.platforms.local.run_kwargs import run_kwargs
 from caliban_flows.spec.docker_run_args import RunOptions, parse_run_words
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
@@ -126,25 +127,7 @@ class LocalDocker:
                     GpuFallbackWarning,
                     stacklevel=2,
                 )
-        if opts.gpus is not None:
-            import docker.types
-
-            count = -1 if opts.gpus == "all" else None
-            ids = None if count else [opts.gpus.removeprefix("device=")]
-            kwargs["device_requests"] = [
-                docker.types.DeviceRequest(count=count, device_ids=ids, capabilities=[["gpu"]])
-            ]
-        for name in ("network", "shm_size", "runtime", "user", "workdir"):
-            if getattr(opts, name) is not None:
-                kwargs[name if name != "workdir" else "working_dir"] = getattr(opts, name)
-        if opts.cpus is not None:
-            kwargs["nano_cpus"] = int(opts.cpus * 1e9)
-        if opts.memory is not None:
-            kwargs["mem_limit"] = opts.memory
-        if opts.volumes:
-            kwargs["volumes"] = list(opts.volumes)
-        if opts.publish:
-            kwargs["ports"] = _ports(opts.publish)
+        kwargs.update(run_kwargs(opts))
         labels = {
             **{f"caliban.label.{k}": v for k, v in request.labels.items()},
             XGROUP_LABEL: request.xgroup,
@@ -156,7 +139,6 @@ class LocalDocker:
             list(request.command_args()),
             detach=True,
             labels=labels,
-            ipc_mode="host",
             environment=_env(opts),
             **kwargs,
         )
