@@ -12,21 +12,32 @@ Slots are taken with Prefect's REST API (POST /v2/concurrency_limits/increment i
 423 with a Retry-After; we wait no longer than our request's worth of decay, since the
 server's hint grows with everybody's refused requests, not only ours, and no less: a refused
 request restarts the limit's decay clock without applying what had decayed.
+
+A budget only paces; it records nothing. So when the server cannot answer (a SQLite-backed
+server busy past the client's retries, a restart), the submission goes on at its own pace,
+which alone keeps this process under the quota, says so once, and asks the budget again
+after OUTAGE_SECONDS: failing the whole submission would be worse than a 429 Vertex may
+send if another process submits at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
+from caliban_flows.lean_httpx import httpx
 from caliban_flows.platforms.base import first_line
 from caliban_flows.platforms.pacing import BudgetFactory, SharedBudget, shared_slots
 from caliban_flows.state import prefect_api
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:-]+")
+OUTAGE_SECONDS = 30.0  # how long a budget the server could not grant is left alone
 
 
 class BudgetError(RuntimeError):
@@ -47,30 +58,53 @@ class PrefectBudget:
         self.per_minute = per_minute
         self.decay = per_minute / 60.0
         self.waits = 0  # 423 answers: how often the budget was spent by the time we asked
+        self.outages = 0  # takes the server could not answer (the pace alone held then)
+        self._down_until = 0.0
 
     def ensure(self) -> None:
         """Create the limit, or set it to this submission's quota (the newest word wins)."""
         body = {"limit": shared_slots(self.per_minute), "slot_decay_per_second": self.decay}
         made = self.http.post("/v2/concurrency_limits/", json={"name": self.name, **body})
-        if made.status_code == 409:
-            self.http.patch(f"/v2/concurrency_limits/{self.name}", json=body).raise_for_status()
-        else:
+        if made.status_code != 409:
             made.raise_for_status()
+            return
+        path = f"/v2/concurrency_limits/{self.name}"
+        old = self.http.get(path).raise_for_status().json()
+        if old.get("limit") and old["limit"] != body["limit"]:
+            # The slots taken under the old quota, scaled to the new one: a lower quota's slow
+            # decay would otherwise take minutes to free what a higher one had granted.
+            used = old.get("active_slots", 0) / old["limit"]
+            body["active_slots"] = min(body["limit"], math.ceil(used * body["limit"]))
+        self.http.patch(path, json=body).raise_for_status()
 
     async def take(self, calls: int) -> None:
         calls = min(calls, shared_slots(self.per_minute))
-        while True:
-            answer = await asyncio.to_thread(
-                self.http.post,
-                "/v2/concurrency_limits/increment",
-                json={"names": [self.name], "slots": calls, "mode": "rate_limit"},
-            )
+        while time.monotonic() >= self._down_until:
+            try:
+                answer = await asyncio.to_thread(
+                    self.http.post,
+                    "/v2/concurrency_limits/increment",
+                    json={"names": [self.name], "slots": calls, "mode": "rate_limit"},
+                )
+            except httpx.TransportError as e:  # after the transport's own retries
+                self._outage(first_line(e))
+                return
+            if answer.status_code in prefect_api.REFUSED + prefect_api.LOST:
+                self._outage(f"HTTP {answer.status_code}")
+                return
             if answer.status_code != 423:
                 answer.raise_for_status()
                 return
             self.waits += 1
             hint = float(answer.headers.get("Retry-After") or 1.0)
             await asyncio.sleep(min(hint, calls / self.decay))
+
+    def _outage(self, why: str) -> None:
+        self._down_until = time.monotonic() + OUTAGE_SECONDS
+        self.outages += 1
+        if self.outages == 1:
+            print(f"warning: Prefect did not answer for the shared API budget {self.name!r} "
+                  f"({why}); submitting at this process's own pace", file=sys.stderr)  # fmt: skip
 
 
 @contextlib.contextmanager

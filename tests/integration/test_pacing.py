@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import itertools
 import threading
 
@@ -182,3 +183,47 @@ def test_a_new_quota_replaces_the_budgets_old_one(api):
     with prefect_api.client(api) as http:
         body = http.get(f"/v2/concurrency_limits/{budget_name('vertex-submit', 'q:r')}").json()
     assert body["limit"] == shared_slots(600.0)
+
+
+def test_a_lower_quota_does_not_inherit_the_higher_ones_taken_slots(api):
+    """A budget spent at 6,000 a minute, then asked at 60: its 200 taken slots would free at
+    one a second; scaled to the new limit, the next take waits at most the new budget's worth."""
+    name = budget_name("vertex-submit", "low:r")
+    with prefect_budgets(api) as budgets:
+        asyncio.run(budgets("vertex-submit", "low:r", 6000.0).take(shared_slots(6000.0)))
+    with prefect_budgets(api) as budgets:
+        lower = budgets("vertex-submit", "low:r", 60.0)
+        with prefect_api.client(api) as http:
+            body = http.get(f"/v2/concurrency_limits/{name}").raise_for_status().json()
+        assert body["limit"] == shared_slots(60.0)
+        assert body["active_slots"] <= shared_slots(60.0)
+        asyncio.run(lower.take(1))
+    assert lower.waits <= shared_slots(60.0)
+
+
+def test_a_budget_prefect_cannot_grant_leaves_the_submission_at_its_own_pace(
+    tmp_path_factory, capsys
+):
+    """The server gone mid-submission: the calls go on at the pace, one warning is printed,
+    and the budget is not asked again at once (each ask would cost the client's retries)."""
+    server = contextlib.ExitStack()
+    url = server.enter_context(own_server(tmp_path_factory.mktemp("gone-home")))
+    with prefect_budgets(url) as budgets:
+        budget = budgets("vertex-submit", "gone:r", 600.0)
+        pace = Pace(600.0, budget)
+
+        async def go(calls: int) -> int:
+            done = 0
+            for _ in range(calls):
+                async with pace:
+                    done += 1
+            return done
+
+        assert asyncio.run(go(5)) == 5
+        assert budget.outages == 0
+        server.close()  # stops the server
+        assert asyncio.run(go(40)) == 40
+    assert budget.outages == 1
+    err = capsys.readouterr().err
+    assert err.count("did not answer for the shared API budget") == 1, err
+    assert "submitting at this process's own pace" in err
