@@ -14,12 +14,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The demo sweep for real: build demo/'s image, run its 6 jobs on the local engine as one
-# Prefect flow run, then show the group and print the Prefect UI's page of its run.
+# Prefect flow run, then show the group, print the Prefect UI's page of its run, and end with
+# the sweep's results: one row per job, its args and the accuracy it wrote to metrics.json.
 demo: venv engine
 	cd demo && ../$(BIN)/caliban run --nogpu --xgroup demo \
 		--experiment_config experiment.json trainer.train
 	cd demo && ../$(BIN)/caliban status --xgroup demo
 	cd demo && ../$(BIN)/caliban ui --no_browser --xgroup demo
+	cd demo && ../$(BIN)/caliban results --xgroup demo --sort accuracy
 
 lint: venv
 	$(BIN)/ruff check .

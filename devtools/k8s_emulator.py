@@ -17,7 +17,11 @@ does, with its DisruptionTarget condition. Latency, 429/503
 errors, lost create responses and server crashes can be injected while it runs, and every
 create is counted per job key (a label) so tests can assert "no duplicates".
 
+Pods mount GKE Cloud Storage FUSE CSI volumes and PersistentVolumeClaims from host folders
+(`buckets`, `pvcs`; see devtools.k8s_volumes); other volume kinds are not mounted.
+
     python -m devtools.k8s_emulator [--port N] [--latency S] [--error-rate F] [--simulate]
+        [--buckets DIR] [--pvcs DIR]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote
 
-from devtools import k8s_auth, k8s_disruption
+from devtools import k8s_auth, k8s_disruption, k8s_volumes
 
 KEY_LABEL = "caliban.dev/job-key"
 # Labels the Job controller puts on a Job's pod template (and so on its pods).
@@ -311,6 +315,7 @@ def _validate_job(obj: dict, name: str) -> list[_FieldError]:
             )
         )
     errors += [_FieldError(*c) for c in k8s_disruption.policy_errors(spec, label_key_errors)]
+    errors += [_FieldError(*c) for c in k8s_volumes.volume_errors(pod)]
     return errors
 
 
@@ -714,8 +719,15 @@ class K8sEmulator(k8s_apps.DaemonSets):
         require_auth: bool = False,
         tls: bool = False,
         authenticate: Callable[[str], bool] | None = None,
+        buckets: str | Path | None = None,
+        pvcs: str | Path | None = None,
     ):
         self.port = port
+        # Host folders behind pod volumes (devtools.k8s_volumes): BUCKET/... for GKE's Cloud
+        # Storage FUSE CSI volumes, CLAIM/... for PersistentVolumeClaims. None: folders in the
+        # emulator's scratch directory, made at start().
+        self.buckets = Path(buckets) if buckets is not None else None
+        self.pvcs = Path(pvcs) if pvcs is not None else None
         self.run_containers = run_containers
         self.workers = workers
         self.key_label = key_label
@@ -782,6 +794,10 @@ class K8sEmulator(k8s_apps.DaemonSets):
 
     def start(self) -> K8sEmulator:
         self._stopped.clear()
+        if self.buckets is None:
+            self.buckets = self._scratch() / "buckets"
+        if self.pvcs is None:
+            self.pvcs = self._scratch() / "pvcs"
         self._reaper = ThreadPoolExecutor(max_workers=4, thread_name_prefix="k8s-emu-reaper")
         if self.run_containers:
             import docker
@@ -839,6 +855,11 @@ class K8sEmulator(k8s_apps.DaemonSets):
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _scratch(self) -> Path:
+        if self._tmpdir is None:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="k8s-emulator-"))
+        return self._tmpdir
+
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -874,9 +895,7 @@ class K8sEmulator(k8s_apps.DaemonSets):
         import yaml
 
         if path is None:
-            if self._tmpdir is None:
-                self._tmpdir = Path(tempfile.mkdtemp(prefix="k8s-emulator-"))
-            path = self._tmpdir / "kubeconfig"
+            path = self._scratch() / "kubeconfig"
         path = Path(path)
         cluster: dict[str, Any] = {"server": self.host}
         if self.tls:
@@ -1996,12 +2015,22 @@ class K8sEmulator(k8s_apps.DaemonSets):
             for var in first.get("env") or []
             if isinstance(var, dict) and var.get("name")
         }
+        assert self.buckets is not None and self.pvcs is not None
+        try:
+            volumes = k8s_volumes.binds(pod.body, buckets=self.buckets, pvcs=self.pvcs)
+        except k8s_volumes.MountError as err:  # as kubelet: the pod waits, its event says why
+            with self._lock:
+                if self._alive(pod):
+                    pod.waiting = ("ContainerCreating", str(err))
+                    self._refresh_pod(pod)
+            return
         try:
             container = self._docker.containers.create(
                 image,
                 command=first.get("args") or None,  # k8s args replace the image CMD
                 entrypoint=first.get("command") or None,  # k8s command replaces the ENTRYPOINT
                 environment=env,
+                volumes=volumes,
                 working_dir=first.get("workingDir") or None,
                 hostname=name[:63],
                 name=f"k8s_{first['name']}_{name}_{ns}_{pod.uid[:8]}_{attempt}",
@@ -2287,6 +2316,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kubeconfig", help="where to write the kubeconfig (default: a temp file)")
     parser.add_argument("--namespace", default=DEFAULT_NAMESPACE)
+    parser.add_argument("--buckets", help="folder behind gcsfuse CSI volumes (BUCKET/...)")
+    parser.add_argument("--pvcs", help="folder behind PersistentVolumeClaims (CLAIM/...)")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -2299,6 +2330,8 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         error_rate=args.error_rate,
         seed=args.seed,
+        buckets=args.buckets,
+        pvcs=args.pvcs,
     )
     with emulator:
         path = emulator.write_kubeconfig(args.kubeconfig, namespace=args.namespace)

@@ -26,8 +26,12 @@ meters CreateCustomJob, `quota_manage` Get/List/Cancel/Delete, each per project 
 sliding 60 s window of `clock` (time.monotonic unless a test swaps it); a call over budget gets
 RESOURCE_EXHAUSTED as from Vertex. `preempt(job)` ends a RUNNING job as a Spot VM preemption does.
 
+A job's containers see the `buckets` folder at /gcs (read-write), as Vertex mounts the project's
+buckets with Cloud Storage FUSE; a job with job_spec.base_output_directory (gs:// only, as
+Vertex checks) gets AIP_MODEL_DIR, AIP_CHECKPOINT_DIR and AIP_TENSORBOARD_LOG_DIR under it.
+
     python -m devtools.vertex_emulator [--port N] [--latency S] [--error-rate F] [--simulate]
-        [--quota-submit 60/min] [--quota-manage 600/min]
+        [--quota-submit 60/min] [--quota-manage 600/min] [--buckets DIR]
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 
 from devtools import test_pki, vertex_quota
+from devtools.bucket_folders import open_bucket, open_folder
 
 SERVICE = "google.cloud.aiplatform.v1.JobService"
 KEY_LABEL = "caliban_job_key"
@@ -109,6 +114,15 @@ TPU_MACHINES = {
     "TPU_V5_LITEPOD": {"ct5lp-hightpu-1t": 1, "ct5lp-hightpu-4t": 4, "ct5lp-hightpu-8t": 8},
 }
 RETIRED_ACCELERATORS = {"NVIDIA_TESLA_K80": "NVIDIA_TESLA_T4"}
+# Where Vertex mounts the project's buckets in a training container (Cloud Storage FUSE), and
+# what it tells the container about job_spec.base_output_directory (CustomJobSpec's docs).
+GCS_MOUNT = "/gcs"
+OUTPUT_ENV_SUFFIXES = {
+    "AIP_MODEL_DIR": "model/",
+    "AIP_CHECKPOINT_DIR": "checkpoints/",
+    "AIP_TENSORBOARD_LOG_DIR": "logs/",
+}
+GCS_URI_RE = re.compile(r"^gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(/.*)?$")
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -189,6 +203,12 @@ def _validate_create(parent: str, job: Any) -> None:
         if not pool.container_spec.image_uri:
             raise _Invalid(f"worker_pool_specs[{i}].container_spec.image_uri is required")
         _validate_machine(f"worker_pool_specs[{i}].machine_spec", pool.machine_spec)
+    base = job.job_spec.base_output_directory.output_uri_prefix
+    if job.job_spec.HasField("base_output_directory") and not GCS_URI_RE.match(base):
+        raise _Invalid(
+            "custom_job.job_spec.base_output_directory.output_uri_prefix must be a Cloud Storage "
+            f"URI starting with gs:// (gs://BUCKET/PATH), got {base!r}"
+        )
     if len(job.labels) > MAX_LABELS:
         raise _Invalid(f"at most {MAX_LABELS} labels are allowed, got {len(job.labels)}")
     for key, value in job.labels.items():
@@ -287,8 +307,12 @@ class VertexEmulator(test_pki.GoogleService):
         quota_submit: float | None = None,
         quota_manage: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        buckets: str | Path | None = None,
     ):
         self.port = port
+        # The folder of buckets (BUCKET/object), mounted at /gcs in every container as Vertex
+        # mounts buckets; devtools.storage_emulator serves the same folder as Cloud Storage.
+        self.buckets = Path(buckets) if buckets is not None else None
         self.run_containers = run_containers
         self.workers = workers
         self.key_label = key_label
@@ -748,6 +772,12 @@ class VertexEmulator(test_pki.GoogleService):
             image, command, args = pool.image_uri, list(pool.command), list(pool.args)
             env = {var.name: var.value for var in pool.env}
             timeout = spec.scheduling.timeout.ToTimedelta().total_seconds() or None
+            base = spec.base_output_directory.output_uri_prefix
+        env.update(_output_env(base))
+        volumes = {}
+        if self.buckets is not None:
+            _make_writable(self.buckets, base)
+            volumes[str(self.buckets.resolve())] = {"bind": GCS_MOUNT, "mode": "rw"}
 
         try:
             self._ensure_image(image)
@@ -765,6 +795,7 @@ class VertexEmulator(test_pki.GoogleService):
                 command=args or None,  # Vertex `args` replace the image CMD
                 entrypoint=command or None,  # Vertex `command` replaces the ENTRYPOINT
                 environment=env,
+                volumes=volumes,
                 labels={CONTAINER_JOB_LABEL: name, CONTAINER_PORT_LABEL: str(self.port)},
                 detach=True,
             )
@@ -875,6 +906,27 @@ class VertexEmulator(test_pki.GoogleService):
         return self._quotas.accepted_times(kind)
 
 
+def _output_env(base: str) -> dict[str, str]:
+    """The AIP_* variables Vertex sets for a job with a base output directory."""
+    if not base:
+        return {}
+    root = base.rstrip("/") + "/"
+    return {name: root + suffix for name, suffix in OUTPUT_ENV_SUFFIXES.items()}
+
+
+def _make_writable(buckets: Path, base: str) -> None:
+    """The buckets folder, and the bucket and base output directory a job names, exist and take
+    writes from the container's user whatever its uid (devtools.bucket_folders)."""
+    open_folder(buckets)
+    mode = buckets.stat().st_mode
+    if mode & 0o005 != 0o005:  # the mount point /gcs: every uid must get in
+        buckets.chmod(mode | 0o755)
+    match = GCS_URI_RE.match(base)
+    if match:
+        parts = [p for p in (match[2] or "").split("/") if p and p not in (".", "..")]
+        open_bucket(buckets, match[1], *parts)
+
+
 def _logs_hint(name: str) -> str:
     project = name.split("/")[1]
     return LOGS_HINT.format(project=project, job_id=name.rsplit("/", 1)[1])
@@ -914,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--simulate", action="store_true", help="no Docker: jobs on a timer")
     parser.add_argument("--sim-step", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--buckets", help="folder of buckets (BUCKET/object) mounted at /gcs")
     for kind, what in (("submit", "CreateCustomJob"), ("manage", "Get/List/Cancel/Delete")):
         parser.add_argument(
             f"--quota-{kind}",
@@ -936,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         quota_submit=args.quota_submit,
         quota_manage=args.quota_manage,
+        buckets=args.buckets,
     )
     with emulator:
         # The endpoint, then the environment a client needs, as NAME=value lines for a shell.

@@ -107,6 +107,16 @@ def expansion(project: Path):
     return call
 
 
+@pytest.fixture(scope="module")
+def caliban_home(tmp_path_factory, docker_client):
+    """A caliban home for one test module (so one embedded Prefect server, started by its
+    first command), the server stopped after the module."""
+    home = tmp_path_factory.mktemp("caliban-home")
+    yield home
+    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
+                   env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """A real Docker engine with a local registry; started here when none is reachable."""

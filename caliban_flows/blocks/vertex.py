@@ -30,6 +30,7 @@ SETTINGS = (
     "manage_quota",
     "max_restarts",
     "spot",
+    "output_bucket",
 )
 
 
@@ -86,6 +87,11 @@ class VertexSettings(Block):
         le=100,
         description="Restart a job ended by a Spot preemption, a stockout or a lost VM up to "
         "this many times.",
+    )
+    output_bucket: str | None = Field(
+        default=None,
+        description="gs://BUCKET[/PREFIX] for each job's output folder (the CustomJob's base "
+        "output directory; the job writes to $CALIBAN_OUTPUT_DIR under /gcs/BUCKET).",
     )
     gcp_credentials: GcpCredentials | None = Field(
         default=None,

@@ -9,6 +9,7 @@ import typer
 
 from caliban_flows.cli import options as o
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
+from caliban_flows.cli.output_dirs import job_output, outputs_line
 from caliban_flows.cli.submit import submit_plan
 
 
@@ -46,8 +47,10 @@ def cloud(
     registry: o.Registry = None,
     registry_block: o.RegistryBlock = None,
     vertex_block: o.VertexBlock = None,
+    output_bucket: o.OutputBucket = None,
     max_running: o.MaxRunning = None,
     pool: o.Pool = None,
+    objective: o.Objective = None,
 ) -> None:
     """Submit one Vertex AI training job per experiment."""
     from caliban_flows.plan.options import VertexOptions
@@ -61,6 +64,8 @@ def cloud(
         restart_on_worker_restart=restart_on_worker_restart, vertex_block=vertex_block,
         cloud_key=cloud_key, submit_quota=submit_quota, manage_quota=manage_quota,
         max_restarts=max_restarts, restart_on_exit_codes=restart_on_exit_codes or [],
+        output_bucket=output_bucket,
+        objective=objective,
     )  # fmt: skip
     plan = submit_plan("cloud", module, rest, options, experiment_config=experiment_config,
                        xgroup=xgroup, name=name, labels=label, image=image_tag,
@@ -76,6 +81,7 @@ def cloud(
 def _print_dry_run(p, image_tag) -> None:
     from caliban_flows.spec import accelerators as acc
     from caliban_flows.spec import vertex_job as vj
+    from caliban_flows.spec.outputs import OutputPlace, job_folder
 
     placement = p.placed.shown["placement"]
     gpu, tpu = p.placed.gpu, p.placed.tpu
@@ -87,17 +93,21 @@ def _print_dry_run(p, image_tag) -> None:
     if tpu:
         where += f", tpu: {acc.accelerator_config(tpu)}"
     image = image_tag or "<built from this folder and pushed to the registry>"
+    outputs = OutputPlace.of(p.placement.get("outputs"))
     lines = [
         f"Dry run: {len(p.specs)} Vertex AI job(s) in xgroup {p.xgroup!r}, project "
         f"{placement.project!r}, {'GPU' if gpu else 'CPU'} mode",
+        outputs_line(outputs, p.xgroup, flags="--output_bucket gs://BUCKET"),
     ]
-    for key, job in zip((j["key"] for j in p.jobs), p.specs):
+    for planned, job in zip(p.jobs, p.specs):
         tag = image_tag or job.labels.get("docker_image", "")
-        labels = vj.job_labels(job.labels, xgroup=p.xgroup, key=key, attempt=1, image=tag)
-        spec = vj.custom_job(
-            display_name=job.name, image=image, args=job.args, labels=labels, placement=placement
-        )
-        lines += job_block(job, f"jobId: {job.name}, image: {image}", where)[:-1]
+        labels = vj.job_labels(job.labels, xgroup=p.xgroup, key=planned["key"], attempt=1,
+                               image=tag)  # fmt: skip
+        folder = job_folder(p.xgroup, planned["name"], planned["key"], planned["attempt"])
+        spec = vj.custom_job(display_name=job.name, image=image, args=job.args, labels=labels,
+                             placement=placement, outputs=outputs, folder=folder)  # fmt: skip
+        lines += job_block(job, f"jobId: {job.name}, image: {image}", where,
+                           *job_output(outputs, folder))[:-1]  # fmt: skip
         lines += [f"Job {job.index} - CustomJob: {json.dumps(spec)}", ""]
     lines.append(f"Parent: {placement.parent}; placement: {json.dumps(asdict(placement))}")
     lines.append(NOTHING_DONE)

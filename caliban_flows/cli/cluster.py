@@ -11,10 +11,11 @@ from typing import Annotated
 import typer
 
 from caliban_flows.cli import options as o
-from caliban_flows.cli.cluster_options import ClusterBlock, Context, Namespace
+from caliban_flows.cli.cluster_options import ClusterBlock, Context, Namespace, OutputPvc
 from caliban_flows.cli.cluster_options import api_error as _api_error
 from caliban_flows.cli.cluster_options import target as _target
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
+from caliban_flows.cli.output_dirs import job_output, outputs_line
 from caliban_flows.platforms.kubernetes import DEFAULT_MAX_QPS
 from caliban_flows.spec.errors import SpecError
 
@@ -145,7 +146,10 @@ def submit(
     restart_on_exit_codes: o.RestartOnExitCodes = None,
     max_running: o.MaxRunning = None,
     pool: o.Pool = None,
+    objective: o.Objective = None,
     wait: o.Wait = False,
+    output_bucket: o.OutputBucketGke = None,
+    output_pvc: OutputPvc = None,
 ) -> None:
     """Submit one Kubernetes Job per experiment."""
     from caliban_flows.cli.submit import submit_plan
@@ -162,7 +166,9 @@ def submit(
         nonpreemptible_tpu=nonpreemptible_tpu, tpu_legacy=tpu_legacy,
         nonpreemptible=nonpreemptible, backoff_limit=backoff_limit, cloud_key=cloud_key,
         max_restarts=max_restarts,
-        restart_on_exit_codes=restart_on_exit_codes or [],
+        restart_on_exit_codes=restart_on_exit_codes or [], output_bucket=output_bucket,
+        output_pvc=output_pvc,
+        objective=objective,
     )  # fmt: skip
     p = submit_plan("cluster job submit", module, rest, options,
                     experiment_config=experiment_config, xgroup=xgroup, name=name,
@@ -191,6 +197,7 @@ def submit(
                         args=tuple(spec.args),
                         labels=spec.labels,
                         secrets=secrets,
+                        outputs=p.placement.get("outputs") or {},
                     ),
                     resources,
                     where.namespace,
@@ -216,12 +223,18 @@ def submit(
 def _print_dry_run(p, target, manifests: list[dict]) -> None:
     import yaml
 
+    from caliban_flows.spec.outputs import OutputPlace, job_folder
+
+    outputs = OutputPlace.of(p.placement.get("outputs"))
     lines = [
         f"Dry run: {len(p.specs)} Kubernetes job(s) in xgroup {p.xgroup!r}, context "
-        f"{target.context!r}, namespace {target.namespace!r}"
+        f"{target.context!r}, namespace {target.namespace!r}",
+        outputs_line(outputs, p.xgroup, flags="--output_bucket gs://BUCKET or --output_pvc NAME"),
     ]
-    for job, manifest in zip(p.specs, manifests):
-        lines += job_block(job, f"Job: {manifest['metadata']['name']}")[:-1]
+    for planned, job, manifest in zip(p.jobs, p.specs, manifests):
+        folder = job_folder(p.xgroup, planned["name"], planned["key"], 1)
+        lines += job_block(job, f"Job: {manifest['metadata']['name']}",
+                           *job_output(outputs, folder))[:-1]  # fmt: skip
         lines += ["---", yaml.safe_dump(manifest, sort_keys=False).rstrip(), ""]
     lines.append(NOTHING_DONE)
     emit(lines)

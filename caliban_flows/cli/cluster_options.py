@@ -45,3 +45,16 @@ def api_error(error: BaseException, what: str) -> Exception:
     if isinstance(error, kube_client.api_exception()) and error.status in (400, 409, 422):
         return SpecError(f"{what}: {describe(error)}")
     return CalibanError(f"{what}: {describe(error)}")
+
+
+OutputPvc = Annotated[
+    str | None,
+    typer.Option(
+        "--output_pvc",
+        "--output-pvc",
+        metavar="NAME",
+        help="Give each job a folder <xgroup>/<name>-<key8>/<attempt>/ on this "
+        "PersistentVolumeClaim of the namespace, mounted as $CALIBAN_OUTPUT_DIR "
+        "(/caliban/output).",
+    ),
+]

@@ -53,33 +53,16 @@ def _rows(
     """The groups' runs and job rows, and one line per platform place that did not answer
     (printed at once: its jobs show as UNKNOWN). `credentials_file`: a key to use in place of
     the one a run recorded; `users`: whose runs (None: everyone's)."""
-    from caliban_flows.lean_httpx import httpx
-    from caliban_flows.server import backend
-    from caliban_flows.server.ready import prefect_ready
-    from caliban_flows.state import prefect_api
-    from caliban_flows.state.reconcile import PlatformError, reconcile
-    from caliban_flows.state.reconcile import Platforms as platforms
+    from caliban_flows.state.reading import read_groups
 
-    known = backend.status()
-    if known["mode"] == "local" and not known["initialized"]:
-        return [], [], []  # caliban has never recorded a group here: no server to start for that
-    url = prefect_ready()
     warnings: list[str] = []
 
     def warn(line: str) -> None:
         warnings.append(line)
         print(f"warning: {line}; its jobs show as UNKNOWN", file=sys.stderr, flush=True)
 
-    try:
-        with prefect_api.client(url) as http:
-            runs, rows = reconcile(
-                http, platforms(credentials_file), xgroup, warn=warn, users=users
-            )
-            return runs, rows, warnings
-    except PlatformError as e:
-        raise CalibanError(str(e)) from None
-    except httpx.HTTPError as e:
-        raise CalibanError(f"cannot read experiment groups from Prefect at {url}: {e}") from None
+    runs, rows = read_groups(xgroup, credentials_file, users, warn)
+    return runs, rows, warnings
 
 
 def _limit(rows: list[dict], xgroup: str | None, max_jobs: int | None) -> list[dict]:

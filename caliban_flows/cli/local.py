@@ -205,15 +205,35 @@ def run(
     ] = 1,
     max_running: o.MaxRunning = None,
     pool: o.Pool = None,
+    objective: o.Objective = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--output_dir",
+            "--output-dir",
+            metavar="PATH",
+            help="Host folder for the jobs' outputs: each job gets its own "
+            "PATH/<xgroup>/<name>-<key8>/<attempt>/, mounted read-write in the container as "
+            "$CALIBAN_OUTPUT_DIR (default: $CALIBAN_HOME/outputs, i.e. ~/.caliban/outputs).",
+        ),
+    ] = None,
 ) -> None:
     """Run the code in a local Docker container, one job per experiment."""
+    from caliban_flows.cli.output_dirs import outputs_line
     from caliban_flows.cli.submit import submit_plan
     from caliban_flows.plan.options import LocalOptions
+    from caliban_flows.spec.outputs import (
+        CONTAINER_OUTPUT_DIR,
+        OUTPUT_DIR_ENV,
+        OutputPlace,
+        job_folder,
+    )
 
     options = LocalOptions(
         nogpu=nogpu, extras=extras or [], dirs=dirs or [], no_cache=no_cache,
         max_running=max_running, pool=pool, parallel=parallel, docker_run_args=docker_run_args,
-        cloud_key=cloud_key,
+        cloud_key=cloud_key, output_dir=output_dir,
+        objective=objective,
     )  # fmt: skip
     p = submit_plan("run", module, rest, options, experiment_config=experiment_config,
                     xgroup=xgroup, image=image_id, dry_run=dry_run)  # fmt: skip
@@ -224,16 +244,25 @@ def run(
     image = image_id or sub.PLACEHOLDER_IMAGE
     mode = "GPU" if p.placement["gpu"] else "CPU"
     run_args = cli_words(p.placement["run_args"])
-    docker = ["docker", "run", "--ipc", "host", "-e", "PYTHONUNBUFFERED=1", *run_args, image]
+    docker = ["docker", "run", "--ipc", "host", "-e", "PYTHONUNBUFFERED=1"]
+    outputs = OutputPlace.of(p.placement.get("outputs"))
     lines = [
         f"Dry run: {len(p.specs)} job(s) in xgroup {p.xgroup!r}, {mode} mode, "
         f"image {'built from ' + os.getcwd() if image_id is None else image_id}",
+        outputs_line(outputs, p.xgroup, flags="--output_dir PATH"),
     ]
-    for job in p.specs:
+    for planned, job in zip(p.jobs, p.specs):
+        mount: list[str] = []
+        if outputs is not None:
+            host = outputs.uri(job_folder(p.xgroup, planned["name"], planned["key"],
+                                          planned["attempt"]))  # fmt: skip
+            mount = ["-v", f"{host}:{CONTAINER_OUTPUT_DIR}",
+                     "-e", f"{OUTPUT_DIR_ENV}={CONTAINER_OUTPUT_DIR}"]  # fmt: skip
         lines += [
             f"Job {job.index} - Experiment args: {list(job.args)}",
             f"Job {job.index} - Command: {shlex.join(p.entrypoint.command(job.args))}",
-            f"Job {job.index} - Docker: {shlex.join([*docker, *job.args])}",
+            f"Job {job.index} - Docker: "
+            + shlex.join([*docker, *mount, *run_args, image, *job.args]),
             "",
         ]
     lines.append("Nothing was built or run. Run again without --dry_run to execute these jobs.")

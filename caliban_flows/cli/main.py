@@ -16,6 +16,7 @@ from caliban_flows.cli import (
     history,
     import_history,
     local,
+    results,
     serve,
     server_cmd,
 )
@@ -54,7 +55,8 @@ def _root(
     pass
 
 
-for module in (local, cloud, cluster, history, import_history, serve, deploy, server_cmd):
+for module in (local, cloud, cluster, history, results, import_history, serve, deploy,
+               server_cmd):  # fmt: skip
     module.register(app)
 
 

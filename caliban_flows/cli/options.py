@@ -383,6 +383,16 @@ Pool = Annotated[
         help="Share the --max_running cap with every group that names this pool.",
     ),
 ]
+Objective = Annotated[
+    str | None,
+    typer.Option(
+        "--objective",
+        metavar="METRIC:max|min",
+        help="The metric that makes a job the best (largest for :max, the default; smallest "
+        "for :min): the group's results summary in Prefect names its best job, and caliban "
+        "results ranks by it.",
+    ),
+]
 Kubeconfig = Annotated[
     str | None,
     typer.Option(
@@ -391,3 +401,20 @@ Kubeconfig = Annotated[
         help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
     ),
 ]
+
+
+def _output_bucket(mounted: str):
+    help_text = (
+        "Give each job a folder PREFIX/<xgroup>/<name>-<key8>/<attempt>/ in this Cloud Storage "
+        f"bucket (PREFIX default: caliban), {mounted} and named to the job as $CALIBAN_OUTPUT_DIR."
+    )
+    option = typer.Option(
+        "--output_bucket", "--output-bucket", metavar="gs://BUCKET[/PREFIX]", help=help_text
+    )
+    return Annotated[str | None, option]
+
+
+OutputBucket = _output_bucket("at /gcs/BUCKET through Vertex AI's Cloud Storage FUSE mount,")
+OutputBucketGke = _output_bucket(
+    "mounted at /gcs/BUCKET with GKE's Cloud Storage FUSE CSI driver (enable it on the cluster)"
+)

@@ -142,7 +142,12 @@ def experiment_group(
     except KeyboardInterrupt:  # Ctrl-C: stop what runs; the caller records it as a stop
         stop_running(xgroup, {r.key for r in requests})
         raise
-    _publish(xgroup)
+    outcome = _local_outcome(states)
+    _publish(xgroup, settled_as=outcome.type.value)  # its jobs all ended: the results event
+    return outcome
+
+
+def _local_outcome(states: list):
     if _stopped():  # `caliban stop` cancelled this run: keep it cancelled, not failed
         return Cancelled(message=STOPPED_MESSAGE)
     failed = sum(1 for s in states if not s.is_completed())
@@ -315,8 +320,9 @@ def _run_all(requests: list[JobRequest], parallel: int, limit: str | None) -> li
     return states
 
 
-def _publish(xgroup: str) -> None:
-    """The run's job table and summary artifacts; a failure here never fails the group."""
+def _publish(xgroup: str, *, settled_as: str | None = None) -> None:
+    """The run's jobs and results tables and summary (with `settled_as`, the state its jobs
+    all ended in: the `caliban.group.results` event too); a failure never fails the group."""
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_API_URL
 
@@ -325,7 +331,7 @@ def _publish(xgroup: str) -> None:
 
     try:
         with prefect_api.client(PREFECT_API_URL.value()) as http:
-            publish_group(http, Platforms(), xgroup, flow_run.id)
+            publish_group(http, Platforms(), xgroup, flow_run.id, settled_as=settled_as)
     except Exception as e:
         print(f"warning: the jobs table was not published: {e}", file=sys.stderr)
 

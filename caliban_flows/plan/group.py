@@ -99,6 +99,7 @@ def plan_group(
     )
     from caliban_flows.spec.labels import parse_label
     from caliban_flows.spec.limits import limit_for
+    from caliban_flows.spec.objective import parse_objective
 
     try:
         options = options_for(request.platform, request.options)
@@ -113,12 +114,15 @@ def plan_group(
         raise SpecError("--xgroup must not be empty")
     labels = tuple(parse_label(label) for label in request.labels)
     limit = limit_for(request.platform, xgroup, options.max_running, options.pool, user)
+    objective = parse_objective(options.objective) if options.objective else None
     with sub.inside(request.root):
         entrypoint = _entrypoint(request.module, request.root)
         dirs = sub.check_dirs(options.dirs) if request.root is not None else ()
         if checked is not None:
             checked()
         placed = _place(request.platform, options, xgroup=xgroup, probe=probe)
+        if objective is not None:  # what the run's results summary and `caliban results` use
+            placed.placement["objective"] = str(objective)
         gpu, tpu = placed.gpu is not None, placed.tpu is not None
         specs = job_specs(
             config=request.experiment_config,

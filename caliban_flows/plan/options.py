@@ -25,6 +25,11 @@ class SubmitOptions(BaseModel):
         None, ge=1, description="At most this many of the group's jobs run at once."
     )
     pool: str | None = Field(None, description="Share the max_running cap with this pool.")
+    objective: str | None = Field(
+        None,
+        description="METRIC:max or METRIC:min: the metric that makes a job the best, named "
+        "in the run's results summary and caliban results.",
+    )
 
 
 class RemoteOptions(SubmitOptions):
@@ -75,6 +80,11 @@ class LocalOptions(SubmitOptions):
     cloud_key: str | None = Field(
         None, description="Service-account key file to mount read-only in the containers."
     )
+    output_dir: str | None = Field(
+        None,
+        description="Host folder holding each job's output folder (default: "
+        "$CALIBAN_HOME/outputs, i.e. ~/.caliban/outputs).",
+    )
 
 
 class VertexOptions(RemoteOptions):
@@ -104,6 +114,9 @@ class VertexOptions(RemoteOptions):
     vertex_block: str | None = Field(
         None, description="Defaults from this 'Caliban Vertex Settings' block."
     )
+    output_bucket: str | None = Field(
+        None, description="gs://BUCKET[/PREFIX] holding each job's output folder."
+    )
     cloud_key: str | None = Field(
         None, description="Service-account key file to submit the jobs with."
     )
@@ -132,6 +145,14 @@ class KubernetesOptions(RemoteOptions):
     backoff_limit: int | None = Field(None, ge=0, description="Pod retries before a Job fails.")
     cloud_key: str | None = Field(
         None, description="Service-account key file for the GKE API (the GPU limit check)."
+    )
+    output_bucket: str | None = Field(
+        None,
+        description="gs://BUCKET[/PREFIX] holding each job's output folder, mounted with GKE's "
+        "Cloud Storage FUSE CSI driver.",
+    )
+    output_pvc: str | None = Field(
+        None, description="PersistentVolumeClaim holding each job's output folder."
     )
 
 

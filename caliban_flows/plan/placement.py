@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from caliban_flows.plan import project as sub
 from caliban_flows.plan.options import KubernetesOptions, LocalOptions, VertexOptions
@@ -43,7 +44,30 @@ def local(options: LocalOptions, *, xgroup: str, probe: bool) -> Placed:
         client = docker_client()
         gpu = engine_gpu(client, gpu)
         attempts = local_attempts(client, xgroup)
-    return Placed({"gpu": gpu, "run_args": list(run_args)}, gpu or None, attempts=attempts)
+    recorded = {"gpu": gpu, "run_args": list(run_args), "outputs": local_outputs(options)}
+    return Placed(recorded, gpu or None, attempts=attempts)
+
+
+def local_outputs(options: LocalOptions) -> dict:
+    """--output_dir (default $CALIBAN_HOME/outputs) as an absolute host folder: a job started
+    later, from another folder (a resubmit, the reconcile service), writes to the same place."""
+    from caliban_flows.server.home import caliban_home
+    from caliban_flows.spec.outputs import OutputPlace
+
+    root = Path(options.output_dir).expanduser() if options.output_dir else None
+    return OutputPlace("local", root=str((root or caliban_home() / "outputs").resolve())).record()
+
+
+def remote_outputs(bucket: str | None, claim: str | None = None) -> dict:
+    """--output_bucket or --output_pvc as a placement's `outputs` entry; none for neither
+    (the jobs then get no output folder)."""
+    from caliban_flows.spec.outputs import gcs_place, pvc_place
+
+    if bucket and claim:
+        raise SpecError("give --output_bucket or --output_pvc, not both")
+    if bucket:
+        return {"outputs": gcs_place(bucket).record()}
+    return {"outputs": pvc_place(claim).record()} if claim else {}
 
 
 def vertex(options: VertexOptions, *, probe: bool) -> Placed:
@@ -85,6 +109,7 @@ def vertex(options: VertexOptions, *, probe: bool) -> Placed:
         "submit_quota": options.submit_quota or defaults.get("submit_quota"),
         "manage_quota": options.manage_quota or defaults.get("manage_quota"),
         **restart_policy(options, defaults),
+        **remote_outputs(options.output_bucket or defaults.get("output_bucket")),
         "credentials_block": options.vertex_block,
         # Where the key is, never what it holds: status, stop and resubmit read it there.
         "credentials_file": service_account_key(options.cloud_key) if options.cloud_key else None,
@@ -180,6 +205,7 @@ def kubernetes(options: KubernetesOptions, *, probe: bool) -> Placed:
         "resources": asdict(resources),
         "cluster_block": options.cluster_block,
         "max_qps": options.max_qps or defaults.get("max_qps"),
+        **remote_outputs(options.output_bucket, options.output_pvc),
     }
     registry = options.registry or defaults.get("registry")
     return Placed(recorded, gpu, tpu, registry, shown={"target": where, "resources": resources})

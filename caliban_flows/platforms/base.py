@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
+from caliban_flows.spec.outputs import OutputPlace, job_folder
+
 if TYPE_CHECKING:
     from caliban_flows.platforms.pacing import BudgetFactory
 
@@ -48,6 +50,16 @@ class JobRequest:
     # The values of secret script args, by the name `args` refers to them with: put back only
     # in the command the platform runs (command_args), never in what is printed or labelled.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The root of the group's output folders, as its run recorded it (an OutputPlace record);
+    # empty: the job gets no output folder.
+    outputs: Mapping[str, str] = field(default_factory=dict)
+
+    def output_place(self) -> OutputPlace | None:
+        return OutputPlace.of(self.outputs)
+
+    def output_folder(self) -> str:
+        """This attempt's folder under the output root: `<xgroup>/<name>-<key8>/<attempt>`."""
+        return job_folder(self.xgroup, self.name, self.key, self.attempt)
 
     def command_args(self) -> tuple[str, ...]:
         """The args the job runs with: every secret reference replaced by its value. A request
@@ -97,6 +109,7 @@ class JobRequest:
             gpu=bool(job.get("gpu", placement.get("gpu", False))),
             run_args=tuple(job.get("run_args", placement.get("run_args", ()))),
             secrets=secrets or {},
+            outputs=placement.get("outputs") or {},
         )
 
 

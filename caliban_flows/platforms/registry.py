@@ -47,6 +47,9 @@ class PlatformEntry:
     check_image: Callable[[str], object] = lambda reference: None
     # One line telling where to follow a submitted group outside caliban (a console URL).
     follow: Callable[[dict], str | None] = lambda placement: None
+    # The adapter's `logs` are the job's own output (docker and pod logs), so `caliban results`
+    # reads CALIBAN_METRICS lines there; Vertex AI's go to Cloud Logging.
+    logs_hold_output: bool = True
     # For a platform registered from outside: its options (a subclass of plan.options'
     # SubmitOptions; None: only the options every platform takes) and the placement the
     # planner records, from (options, probe). caliban_flows.plan plans the built-in ones.

@@ -7,6 +7,8 @@ Files under the caliban home ($CALIBAN_HOME or ~/.caliban):
     server.log         the supervisor's and the server's output (previous one: server.log.1)
     api-auth           the server's API secret (Prefect's auth string), 0600: the UI asks for it
     prefect/           PREFECT_HOME of the local server and of caliban's Prefect clients
+    leases/            who holds each submission lease (state.leases): a dead holder's is freed
+    outputs/           local jobs' output folders, unless --output_dir names another
 
 A new home's prefect/ gets the already-migrated database shipped for the installed Prefect
 (see _seed_database). The home is its user's alone: 0700, and what is made in it 0600 (the

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from caliban_flows.spec.errors import SpecError
 from caliban_flows.spec.labels import MAX_LABELS, value_label
+from caliban_flows.spec.outputs import OUTPUT_DIR_ENV, OutputPlace
 
 # Every job carries these, so one list call by xgroup finds a group's jobs and their keys.
 XGROUP_ID_LABEL = "caliban_xgroup_id"  # a hash: any xgroup name, always a valid label value
@@ -71,7 +72,12 @@ def custom_job(
     args: Sequence[str],
     labels: Mapping[str, str],
     placement: Placement,
+    outputs: OutputPlace | None = None,
+    folder: str = "",
 ) -> dict:
+    """The CustomJob of one job attempt; with a bucket as `outputs`, `folder` under it is the
+    job's base output directory (Vertex then sets AIP_MODEL_DIR and the like beneath it) and,
+    through Vertex's Cloud Storage FUSE mount, its $CALIBAN_OUTPUT_DIR."""
     machine: dict = {"machine_type": placement.machine_type}
     if placement.accelerator_type and placement.accelerator_count:
         machine["accelerator_type"] = placement.accelerator_type
@@ -83,15 +89,15 @@ def custom_job(
         scheduling["restart_job_on_worker_restart"] = True
     if placement.spot:
         scheduling["strategy"] = "SPOT"
+    container: dict = {"image_uri": image, "args": list(args)}
     spec: dict = {
         "worker_pool_specs": [
-            {
-                "machine_spec": machine,
-                "replica_count": 1,
-                "container_spec": {"image_uri": image, "args": list(args)},
-            }
+            {"machine_spec": machine, "replica_count": 1, "container_spec": container}
         ]
     }
+    if outputs is not None and outputs.kind == "gcs":
+        spec["base_output_directory"] = {"output_uri_prefix": outputs.uri(folder)}
+        container["env"] = [{"name": OUTPUT_DIR_ENV, "value": outputs.container_dir(folder)}]
     if scheduling:
         spec["scheduling"] = scheduling
     if placement.service_account:

@@ -24,31 +24,35 @@ def image_pushed(reference: str, *, local_tag: str | None = None) -> bool:
         return False
 
 
-def image_event(reference: str, local_tag: str | None = None) -> dict:
-    """The event: resource `caliban.image.<registry/repository>`, payload with the reference."""
+def prefect_event(
+    name: str, resource: dict, payload: dict, related: list[dict] | None = None
+) -> dict:
+    """A Prefect event as the events endpoint takes it, occurring now."""
     import uuid
     from datetime import datetime, timezone
 
-    repository, tag = _split_reference(reference)
-    registry, _, path = repository.partition("/")
     return {
         "id": str(uuid.uuid4()),
         "occurred": datetime.now(timezone.utc).isoformat(),
-        "event": IMAGE_PUSHED,
-        "resource": {
-            "prefect.resource.id": f"caliban.image.{repository}",
-            "prefect.resource.name": path or repository,
-            "caliban.registry": registry,
-        },
-        "related": [],
-        "payload": {
-            "reference": reference,
-            "repository": repository,
-            "registry": registry,
-            "tag": tag,
-            "local_tag": local_tag,
-        },
+        "event": name,
+        "resource": resource,
+        "related": related or [],
+        "payload": payload,
     }
+
+
+def image_event(reference: str, local_tag: str | None = None) -> dict:
+    """The event: resource `caliban.image.<registry/repository>`, payload with the reference."""
+    repository, tag = _split_reference(reference)
+    registry, _, path = repository.partition("/")
+    resource = {
+        "prefect.resource.id": f"caliban.image.{repository}",
+        "prefect.resource.name": path or repository,
+        "caliban.registry": registry,
+    }
+    payload = {"reference": reference, "repository": repository, "registry": registry,
+               "tag": tag, "local_tag": local_tag}  # fmt: skip
+    return prefect_event(IMAGE_PUSHED, resource, payload)
 
 
 def _split_reference(reference: str) -> tuple[str, str]:

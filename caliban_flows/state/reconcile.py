@@ -133,11 +133,13 @@ def reconcile(
     runs = restart_due(http, runs, remote, platforms.submit)  # before anything settles
     announce_platform_restarts(http, runs, remote)
     settled = settlements(runs, remote)
+    ended_now = set()  # runs whose jobs all ended just now: their results event goes out once
     for s in settled:
         if s.cancel:
             platforms.get(s.run).cancel(list(s.cancel))
         if s.final is not None and s.run.final is None:  # first: a settled state has it
             records.write(http, [records.final_artifact(s.run.flow_run_id, final_rows(s.final))])
+            ended_now.add(s.run.flow_run_id)
         if s.run.state != s.state or (s.name is not None and s.name != s.run.state_name):
             state = {"type": s.state, "message": s.message}
             if s.name:
@@ -161,7 +163,8 @@ def reconcile(
     rows = job_rows(runs, remote)
     for run in runs:
         if run.flow_run_id in just_settled or (publish_all and run.state in ACTIVE_RUN_STATES):
-            publish_run(http, run, rows)
+            settled_as = run.state if run.flow_run_id in ended_now else None
+            publish_run(http, run, rows, platforms, settled_as=settled_as)
     return runs, rows
 
 
@@ -184,14 +187,30 @@ def mark_stopped(http, flow_run_ids: Iterable[str]) -> None:
         prefect_api.set_state(http, flow_run_id, {"type": "CANCELLED", "message": STOPPED_MESSAGE})
 
 
-def publish_run(http, run: GroupRun, rows: list[dict]) -> None:
+def publish_run(
+    http, run: GroupRun, rows: list[dict], platforms: Platforms, *, settled_as: str | None = None
+) -> None:
+    """The run's artifacts (jobs, results, summary), its metrics read once for all of them;
+    `settled_as` (the state its jobs ended in, once): the `caliban.group.results` event too."""
+    from caliban_flows.state.result_events import emit_group_results
+    from caliban_flows.state.run_results import results_as_jobs_end
+
     mine = [r for r in rows if r["flow_run_id"] == run.flow_run_id]
-    artifacts.publish(http, flow_run_id=run.flow_run_id, xgroup=run.xgroup, rows=mine,
-                      image=run.image, command=run.command)  # fmt: skip
+    results = results_as_jobs_end(run, mine, platforms)
+    try:
+        artifacts.publish(http, flow_run_id=run.flow_run_id, xgroup=run.xgroup, rows=mine,
+                          image=run.image, command=run.command, results=results)  # fmt: skip
+    finally:  # its one chance: the run is recorded as ended now, whatever the artifacts did
+        if settled_as is not None:
+            emit_group_results(http, run, settled_as, mine, results)
 
 
-def publish_group(http, platforms: Platforms, xgroup: str, flow_run_id: str) -> None:
-    """Fresh artifacts for one run of a group, e.g. when its flow ends."""
+def publish_group(
+    http, platforms: Platforms, xgroup: str, flow_run_id: str, *, settled_as: str | None = None
+) -> None:
+    """Fresh artifacts for one run of a group, e.g. when its flow ends (`settled_as`: the
+    state it ends in, when its jobs all ended: the results event too)."""
     runs = [r for r in read_group_runs(http, xgroup) if r.flow_run_id == flow_run_id]
     if runs:
-        publish_run(http, runs[0], job_rows(runs, remote_jobs(runs, platforms.poll)))
+        rows = job_rows(runs, remote_jobs(runs, platforms.poll))
+        publish_run(http, runs[0], rows, platforms, settled_as=settled_as)

@@ -18,10 +18,9 @@ from caliban_flows.flows.group_runs import DEPLOYMENT
 from caliban_flows.state.groups import FLOW_NAME
 from devtools.vertex_emulator import VertexEmulator
 from tests.conftest import wait_for
-from tests.e2e.test_vertex_e2e import (  # noqa: F401 (fixtures)
+from tests.e2e.test_vertex_e2e import (
     IMAGE,
     api_url,
-    caliban_home,
     make_cli,
     sweep,
 )
@@ -31,7 +30,7 @@ QUOTA = "600"  # creates a minute: 300 jobs take 30 s, over the 30 s a terminal 
 
 
 @pytest.fixture(scope="module")
-def world(caliban_home, tmp_path_factory):  # noqa: F811
+def world(caliban_home, tmp_path_factory):
     """One emulator for the module: the embedded server's runner, started by the first
     command, keeps the environment it was started with (the emulator's address)."""
     project = tmp_path_factory.mktemp("bg-project")

@@ -44,17 +44,6 @@ def chromium() -> str:
     return browser.ensure_chromium()
 
 
-@pytest.fixture(scope="module")
-def caliban_home(tmp_path_factory, docker_client):
-    home = tmp_path_factory.mktemp("caliban-home-ui")
-    yield home
-    subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
-        env={**os.environ, "CALIBAN_HOME": str(home)},
-        timeout=60,
-    )
-
-
 def caliban(project: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "caliban"), *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import uuid
 
 import pytest
@@ -15,19 +14,11 @@ import yaml
 from devtools.gke_emulator import ComputeQuotaEmulator, GkeEmulator
 from devtools.k8s_apps import sample_daemonset
 from devtools.k8s_emulator import K8sEmulator
-from tests.conftest import BIN, caliban_runner
+from tests.conftest import caliban_runner
 
 PROJECT = "caliban-gke"
 QUOTAS = {"us-central1": {"CPUS": 72, "NVIDIA_T4_GPUS": 4, "NVIDIA_V100_GPUS": 0.5}}
 IMAGE = "127.0.0.1:5000/caliban-tests/gke:1"
-
-
-@pytest.fixture(scope="module")
-def caliban_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("gke-home")
-    yield home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
-                   env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)  # fmt: skip
 
 
 @pytest.fixture

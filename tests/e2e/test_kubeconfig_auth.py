@@ -16,7 +16,6 @@ from devtools import k8s_auth
 from devtools.k8s_emulator import K8sEmulator
 from tests.conftest import caliban_runner
 from tests.e2e.test_kubernetes_e2e import IMAGE, SUBMIT, TRAIN, group_jobs
-from tests.e2e.test_kubernetes_e2e import caliban_home as caliban_home  # the same fixture
 
 
 @pytest.fixture(scope="module")

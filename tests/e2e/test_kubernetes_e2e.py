@@ -39,14 +39,6 @@ IMAGE = "127.0.0.1:5000/caliban-tests/k8s-prebuilt:1"  # never pulled in simulat
 SUBMIT = ("cluster", "job", "submit", "--nogpu")
 
 
-@pytest.fixture(scope="module")
-def caliban_home(tmp_path_factory, docker_client):
-    home = tmp_path_factory.mktemp("k8s-home")
-    yield home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
-                   env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)  # fmt: skip
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "trainer").mkdir()

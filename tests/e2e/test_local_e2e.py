@@ -30,18 +30,6 @@ sys.exit(code)
 """
 
 
-@pytest.fixture(scope="session")
-def caliban_home(tmp_path_factory, docker_client):
-    """One caliban home (and so one background Prefect server) for the whole session."""
-    home = tmp_path_factory.mktemp("caliban-home")
-    yield home
-    subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
-        env={**os.environ, "CALIBAN_HOME": str(home)},
-        timeout=60,
-    )
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "trainer").mkdir()
@@ -353,3 +341,41 @@ def test_max_running_caps_a_parallel_sweep_through_a_prefect_limit(cli, project,
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, spans  # no two jobs ran at once
     assert sorted(j["state"] for j in status(cli, xgroup)) == ["SUCCEEDED"] * 3
+
+
+WRITES_METRICS = """\
+import json, os, sys
+lr = float(sys.argv[sys.argv.index("--lr") + 1])
+with open(os.path.join(os.environ["CALIBAN_OUTPUT_DIR"], "metrics.json"), "w") as f:
+    json.dump({"lr": lr, "attempt_seen": os.environ["CALIBAN_OUTPUT_DIR"]}, f)
+"""
+
+
+def test_each_job_writes_to_its_own_host_folder_and_a_rerun_to_the_next(
+    cli, project, tmp_path_factory
+):
+    """`--output_dir`: every job attempt finds its own folder at $CALIBAN_OUTPUT_DIR, made on
+    the host by caliban and mounted read-write; a resubmit, which reads the run's recorded
+    placement, writes the next attempt's folder beside it."""
+    from caliban_flows.spec.outputs import job_folder
+
+    outputs = tmp_path_factory.mktemp("outputs")  # outside the project: not in the image
+    xgroup = f"outputs-{uuid.uuid4().hex[:8]}"
+    (project / "trainer" / "train.py").write_text(WRITES_METRICS + f"# {uuid.uuid4()}\n")
+    (project / "exp.json").write_text('{"lr": [0.1, 0.2]}')
+    done = cli("run", "--nogpu", "--xgroup", xgroup, "--output_dir", str(outputs),
+               "--experiment_config", "exp.json", "trainer.train")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    jobs = status(cli, xgroup)
+    assert len(jobs) == 2
+    for job in jobs:
+        folder = outputs / job_folder(xgroup, job["name"], job["key"], 1)
+        assert folder.parent.parent.parent == outputs  # <root>/<xgroup>/<name>-<key8>/1
+        written = json.loads((folder / "metrics.json").read_text())
+        assert written == {"lr": float(job["args"][-1]), "attempt_seen": "/caliban/output"}
+
+    again = cli("resubmit", "--xgroup", xgroup, "--all_jobs", "--yes")
+    assert again.returncode == 0, again.stderr
+    for job in jobs:
+        rerun = outputs / job_folder(xgroup, job["name"], job["key"], 2) / "metrics.json"
+        assert json.loads(rerun.read_text())["lr"] == float(job["args"][-1])

@@ -14,7 +14,7 @@ import json
 import uuid
 
 from tests.conftest import wait_for
-from tests.e2e.test_vertex_e2e import caliban_home, project, real, simulated, status  # noqa: F401
+from tests.e2e.test_vertex_e2e import project, real, simulated, status  # noqa: F401
 
 SCRIPT = """\
 import sys

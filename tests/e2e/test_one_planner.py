@@ -54,6 +54,8 @@ CASES = [
     ("local", "parallel", {"parallel": 2}),
     ("local", "docker_run_args", {"docker_run_args": "--env A=1"}),
     ("local", "cloud_key", {"cloud_key": "key.json"}),
+    ("local", "objective", {"objective": "accuracy:min"}),
+    ("local", "output_dir", {"output_dir": "../outputs"}),  # outside the project's image
     ("vertex", "defaults", {}),
     ("vertex", "gpu", {"nogpu": False}),
     ("vertex", "gpu_spec", {"nogpu": False, "gpu_spec": "2xV100"}),
@@ -83,6 +85,8 @@ CASES = [
     ("vertex", "restart_on_worker_restart", {"restart_on_worker_restart": True}),
     ("vertex", "vertex_block", {"vertex_block": SPACE}),
     ("vertex", "cloud_key", {"cloud_key": "key.json"}),
+    ("vertex", "objective", {"objective": "accuracy:min"}),
+    ("vertex", "output_bucket", {"output_bucket": "gs://caliban-out/runs"}),
     ("kubernetes", "defaults", {}),
     ("kubernetes", "gpu", {"nogpu": False}),
     ("kubernetes", "gpu_spec", {"nogpu": False, "gpu_spec": "2xT4"}),
@@ -116,6 +120,7 @@ CASES = [
     ("kubernetes", "kubeconfig", {"kubeconfig": "KUBECONFIG"}),
     ("kubernetes", "cluster_block", {"cluster_block": SPACE}),
     ("kubernetes", "cloud_key", {"cloud_key": "key.json"}),
+    ("kubernetes", "objective", {"objective": "accuracy:min"}),
     (
         "kubernetes",
         "gke_cluster",
@@ -125,6 +130,8 @@ CASES = [
     ("kubernetes", "min_mem", {"min_mem": 1024}),
     ("kubernetes", "nonpreemptible", {"nonpreemptible": True}),
     ("kubernetes", "backoff_limit", {"backoff_limit": 2}),
+    ("kubernetes", "output_bucket", {"output_bucket": "gs://caliban-out"}),
+    ("kubernetes", "output_pvc", {"output_pvc": "results"}),
 ]
 # The first test submits every case (the module's fixture): minutes, not the default 300 s.
 pytestmark = pytest.mark.timeout(1200)

@@ -19,14 +19,6 @@ from tests.e2e.test_vertex_e2e import IMAGE, api_url, make_cli, status
 from tests.prefect_http import auth_headers
 
 
-@pytest.fixture(scope="module")
-def caliban_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("serve-home")
-    yield home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
-                   env={"CALIBAN_HOME": str(home), "PATH": ""}, timeout=60)  # fmt: skip
-
-
 @pytest.fixture
 def served(caliban_home, tmp_path):
     (tmp_path / "trainer").mkdir()

@@ -16,7 +16,6 @@ from tests.conftest import BIN, wait_for
 from tests.e2e.test_vertex_e2e import (  # noqa: F401 (fixtures)
     IMAGE,
     api_url,
-    caliban_home,
     make_cli,
     project,
     sweep,

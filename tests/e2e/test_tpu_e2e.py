@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -18,20 +17,12 @@ import yaml
 from devtools.gke_emulator import ComputeQuotaEmulator, GkeEmulator
 from devtools.k8s_emulator import K8sEmulator
 from devtools.vertex_emulator import VertexEmulator
-from tests.conftest import BIN, caliban_runner
+from tests.conftest import caliban_runner
 
 PROJECT = "caliban-tpu"
 QUOTAS = {"us-central1": {"CPUS": 48, "NVIDIA_K80_GPUS": 2, "TPU_LITE_PODSLICE_V5": 16}}
 IMAGE = "127.0.0.1:5000/caliban-tests/tpu:1"  # never pulled: the emulators only simulate
 KUBERNETES = "1.33.0"  # a current Kubernetes for kubernetes-validate's strict schemas
-
-
-@pytest.fixture(scope="module")
-def caliban_home(tmp_path_factory, docker_client):
-    home = tmp_path_factory.mktemp("tpu-home")
-    yield home
-    subprocess.run([str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"],
-                   env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)  # fmt: skip
 
 
 def _project(tmp_path: Path) -> None:

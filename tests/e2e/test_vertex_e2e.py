@@ -35,17 +35,6 @@ sys.exit(int(args[args.index("--exit") + 1]) if "--exit" in args else 0)
 IMAGE = "127.0.0.1:5000/caliban-tests/prebuilt:1"  # never pulled in simulated mode
 
 
-@pytest.fixture(scope="module")
-def caliban_home(tmp_path_factory, docker_client):
-    home = tmp_path_factory.mktemp("vertex-home")
-    yield home
-    subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
-        env={**os.environ, "CALIBAN_HOME": str(home)},
-        timeout=60,
-    )
-
-
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "trainer").mkdir()

@@ -113,3 +113,19 @@ def test_the_demo_sweep_from_the_wheel(user):
     page = user("caliban", "ui", "--xgroup", "demo").stdout.strip()
     assert f"/v2/runs/flow-run/{rows[0]['flow_run_id']}" in page
     assert httpx.get(page, headers={"Accept": "text/html"}, timeout=30).status_code == 200
+
+    # What `make demo` ends with: the sweep's args and the accuracy each job wrote.
+    table = user("caliban", "results", "--xgroup", "demo", "--sort", "accuracy")
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:8] == ["name", "state", "attempt", "metrics", "C", "max_iter",
+                                    "seed", "accuracy"], table.stdout  # fmt: skip
+    assert len(lines) == 1 + DEMO_JOBS
+    results = json.loads(user("caliban", "results", "--xgroup", "demo", "--sort", "accuracy",
+                              "--format", "json").stdout)  # fmt: skip
+    assert sorted((r["C"], r["seed"]) for r in results) == [
+        (c, s) for c in (0.01, 0.1, 1.0) for s in (0, 1)
+    ]
+    accuracies = [r["accuracy"] for r in results]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert all(0.5 < a <= 1.0 for a in accuracies)  # a real classifier's score on digits
+    assert {r["metrics"] for r in results} == {"final"}

@@ -308,3 +308,62 @@ def test_the_policy_follows_kubernetes_rules():
             continue
         assert values == sorted(set(values)) and len(values) <= 255
         assert rule["onExitCodes"]["operator"] == "NotIn" or 0 not in values
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def _with_outputs(place, folder="g/caliban_me_1-abcdef12/2"):
+    from caliban_flows.spec.k8s_outputs import with_outputs
+
+    return with_outputs(manifest(kj.resources(min_cpu=None, min_mem=None)), place, folder)
+
+
+def _strictly_valid(job: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(json.loads(json.dumps(job)),
+                                 kubernetes_validate.latest_version(), strict=True)  # fmt: skip
+
+
+def test_a_bucket_is_mounted_with_gkes_cloud_storage_fuse_driver():
+    from caliban_flows.spec.outputs import gcs_place
+
+    job = _with_outputs(gcs_place("gs://my-bucket/runs"))
+    template = job["spec"]["template"]
+    pod, container = template["spec"], template["spec"]["containers"][0]
+    assert template["metadata"]["annotations"] == {"gke-gcsfuse/volumes": "true"}
+    attributes = {
+        "bucketName": "my-bucket",
+        "mountOptions": "implicit-dirs,file-mode=666,dir-mode=777",
+    }
+    csi = {"driver": "gcsfuse.csi.storage.gke.io", "volumeAttributes": attributes}
+    assert pod["volumes"] == [{"name": "caliban-outputs", "csi": csi}]
+    assert container["volumeMounts"] == [{"name": "caliban-outputs", "mountPath": "/gcs/my-bucket"}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["CALIBAN_OUTPUT_DIR"] == "/gcs/my-bucket/runs/g/caliban_me_1-abcdef12/2"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    _strictly_valid(job)
+
+
+def test_a_claim_is_mounted_at_the_jobs_own_folder():
+    from caliban_flows.spec.outputs import pvc_place
+
+    job = _with_outputs(pvc_place("results"))
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["volumes"] == [
+        {"name": "caliban-outputs", "persistentVolumeClaim": {"claimName": "results"}}
+    ]
+    assert container["volumeMounts"] == [{"name": "caliban-outputs", "mountPath":
+                                          "/caliban/output",
+                                          "subPath": "g/caliban_me_1-abcdef12/2"}]  # fmt: skip
+    assert {"name": "CALIBAN_OUTPUT_DIR", "value": "/caliban/output"} in container["env"]
+    assert "annotations" not in job["spec"]["template"]["metadata"]
+    _strictly_valid(job)
+
+
+def test_no_output_place_leaves_the_manifest_as_it_was():
+    before = manifest(kj.resources(min_cpu=None, min_mem=None))
+    assert _with_outputs(None) == before
+    assert "volumes" not in before["spec"]["template"]["spec"]

@@ -106,3 +106,25 @@ def test_console_url():
     assert url == (
         "https://console.cloud.google.com/vertex-ai/locations/europe-west4/training/123?project=p"
     )
+
+
+def test_a_bucket_gives_the_job_its_base_output_directory_and_output_dir():
+    from caliban_flows.spec.outputs import gcs_place, job_folder
+
+    folder = job_folder("My Group", "caliban_me_1", "k" * 20, 3)
+    spec = vj.custom_job(display_name="caliban_me_1", image="gcr.io/p/img:1", args=["--a"],
+                         labels={}, placement=PLACEMENT, outputs=gcs_place("gs://bkt"),
+                         folder=folder)  # fmt: skip
+    job = aiplatform_v1.CustomJob(spec)
+    uri = f"gs://bkt/caliban/{folder}"
+    assert job.job_spec.base_output_directory.output_uri_prefix == uri
+    [env] = job.job_spec.worker_pool_specs[0].container_spec.env
+    assert (env.name, env.value) == ("CALIBAN_OUTPUT_DIR", f"/gcs/bkt/caliban/{folder}")
+    assert folder.startswith("My_Group-") and folder.endswith("/caliban_me_1-kkkkkkkk/3")
+
+
+def test_no_bucket_no_output_directory():
+    spec = vj.custom_job(display_name="j", image="gcr.io/p/img:1", args=[], labels={},
+                         placement=PLACEMENT)  # fmt: skip
+    assert "base_output_directory" not in spec["job_spec"]
+    assert "env" not in spec["job_spec"]["worker_pool_specs"][0]["container_spec"]

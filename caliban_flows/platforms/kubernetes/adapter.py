@@ -33,6 +33,7 @@ from caliban_flows.platforms.kubernetes.client import describe, retry_policy
 from caliban_flows.platforms.submit import SubmitError as SubmitError  # importable from here too
 from caliban_flows.platforms.submit import submit_paced
 from caliban_flows.spec import k8s_job as kj
+from caliban_flows.spec.k8s_outputs import with_outputs
 from caliban_flows.spec.labels import value_label
 
 PLACEHOLDER_IMAGE = "<built from this folder and pushed to the registry>"  # dry runs show it
@@ -381,9 +382,10 @@ def manifest_for(request: JobRequest, resources: kj.Resources, namespace: str) -
     if "docker_image" in shown and request.image != PLACEHOLDER_IMAGE:
         shown["docker_image"] = value_label(request.image)
     labels = kj.job_labels(shown, xgroup=request.xgroup, key=request.key, attempt=request.attempt)
-    return kj.job_manifest(name=kj.job_name(request.name, request.key, request.attempt),
-                           image=request.image, args=request.command_args(), labels=labels,
-                           resources=resources, namespace=namespace)  # fmt: skip
+    manifest = kj.job_manifest(name=kj.job_name(request.name, request.key, request.attempt),
+                               image=request.image, args=request.command_args(), labels=labels,
+                               resources=resources, namespace=namespace)  # fmt: skip
+    return with_outputs(manifest, request.output_place(), request.output_folder())
 
 
 def _may_have_failed_pods(job: dict) -> bool:

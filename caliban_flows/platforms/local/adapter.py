@@ -22,6 +22,7 @@ from caliban_flows.platforms.base import (
 )
 from caliban_flows.platforms.local.run_kwargs import run_kwargs
 from caliban_flows.spec.docker_run_args import RunOptions, parse_run_words
+from caliban_flows.spec.outputs import CONTAINER_OUTPUT_DIR, OUTPUT_DIR_ENV
 
 _EXIT = re.compile(r"Exited \((-?\d+)\)")
 # Docker starts a container right after creating it; one still not started this long after
@@ -128,6 +129,12 @@ class LocalDocker:
                     stacklevel=2,
                 )
         kwargs.update(run_kwargs(opts))
+        environment = _env(opts)
+        place = request.output_place()
+        if place is not None and place.kind == "local":
+            mount = output_mount(place.uri(request.output_folder()))
+            kwargs["mounts"] = [*kwargs.get("mounts", ()), mount]
+            environment = {OUTPUT_DIR_ENV: CONTAINER_OUTPUT_DIR, **environment}
         labels = {
             **{f"caliban.label.{k}": v for k, v in request.labels.items()},
             XGROUP_LABEL: request.xgroup,
@@ -139,7 +146,7 @@ class LocalDocker:
             list(request.command_args()),
             detach=True,
             labels=labels,
-            environment=_env(opts),
+            environment=environment,
             **kwargs,
         )
         return RemoteJob(request.key, request.attempt, container.id, JobState.SUBMITTED)
@@ -210,6 +217,20 @@ class LocalDocker:
 
     def logs(self, remote_id: str, *, follow: bool = False) -> Iterator[bytes]:
         return self.client.api.logs(remote_id, stream=True, follow=follow)
+
+
+def output_mount(host_folder: str):
+    """The job attempt's host folder, made now (by this user, whose uid the image runs as) and
+    bind-mounted read-write where $CALIBAN_OUTPUT_DIR points."""
+    import docker.types
+
+    from caliban_flows.spec.errors import CalibanError
+
+    try:
+        os.makedirs(host_folder, exist_ok=True)
+    except OSError as e:
+        raise CalibanError(f"cannot make the job's output folder {host_folder}: {e}") from None
+    return docker.types.Mount(target=CONTAINER_OUTPUT_DIR, source=host_folder, type="bind")
 
 
 def docker_client():

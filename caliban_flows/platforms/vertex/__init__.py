@@ -62,4 +62,5 @@ ENTRY = PlatformEntry(
     default_registry=lambda p: f"{p['region']}-docker.pkg.dev/{p['project']}/caliban",
     check_image=_check_image,
     follow=_follow,
+    logs_hold_output=False,
 )

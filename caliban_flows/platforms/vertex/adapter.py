@@ -303,6 +303,8 @@ class Vertex:
             args=request.command_args(),
             labels=labels,
             placement=placement,
+            outputs=request.output_place(),
+            folder=request.output_folder(),
         )
         job = vertex_client.job_service().CustomJob(spec)
         mine = group_filter(
