@@ -9,7 +9,7 @@ import typer
 
 from caliban_flows.cli import options as o
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
-from caliban_flows.cli.output_dirs import job_output, outputs_line
+from caliban_flows.cli.output_dirs import OutputBucket, job_output, outputs_line
 from caliban_flows.cli.submit import submit_plan
 
 
@@ -47,7 +47,7 @@ def cloud(
     registry: o.Registry = None,
     registry_block: o.RegistryBlock = None,
     vertex_block: o.VertexBlock = None,
-    output_bucket: o.OutputBucket = None,
+    output_bucket: OutputBucket = None,
     max_running: o.MaxRunning = None,
     pool: o.Pool = None,
     objective: o.Objective = None,

@@ -15,7 +15,7 @@ from caliban_flows.cli.cluster_options import ClusterBlock, Context, Namespace, 
 from caliban_flows.cli.cluster_options import api_error as _api_error
 from caliban_flows.cli.cluster_options import target as _target
 from caliban_flows.cli.output import NOTHING_DONE, emit, job_block
-from caliban_flows.cli.output_dirs import job_output, outputs_line
+from caliban_flows.cli.output_dirs import OutputBucketGke, job_output, outputs_line
 from caliban_flows.platforms.kubernetes import DEFAULT_MAX_QPS
 from caliban_flows.spec.errors import SpecError
 
@@ -148,7 +148,7 @@ def submit(
     pool: o.Pool = None,
     objective: o.Objective = None,
     wait: o.Wait = False,
-    output_bucket: o.OutputBucketGke = None,
+    output_bucket: OutputBucketGke = None,
     output_pvc: OutputPvc = None,
 ) -> None:
     """Submit one Kubernetes Job per experiment."""

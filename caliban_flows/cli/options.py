@@ -401,20 +401,3 @@ Kubeconfig = Annotated[
         help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
     ),
 ]
-
-
-def _output_bucket(mounted: str):
-    help_text = (
-        "Give each job a folder PREFIX/<xgroup>/<name>-<key8>/<attempt>/ in this Cloud Storage "
-        f"bucket (PREFIX default: caliban), {mounted} and named to the job as $CALIBAN_OUTPUT_DIR."
-    )
-    option = typer.Option(
-        "--output_bucket", "--output-bucket", metavar="gs://BUCKET[/PREFIX]", help=help_text
-    )
-    return Annotated[str | None, option]
-
-
-OutputBucket = _output_bucket("at /gcs/BUCKET through Vertex AI's Cloud Storage FUSE mount,")
-OutputBucketGke = _output_bucket(
-    "mounted at /gcs/BUCKET with GKE's Cloud Storage FUSE CSI driver (enable it on the cluster)"
-)

@@ -1,6 +1,11 @@
-"""What dry runs say of each job's output folder ($CALIBAN_OUTPUT_DIR)."""
+"""Each job's output folder ($CALIBAN_OUTPUT_DIR) on the command line: the bucket flags, and
+what dry runs say of it."""
 
 from __future__ import annotations
+
+from typing import Annotated
+
+import typer
 
 from caliban_flows.spec.outputs import OUTPUT_DIR_ENV, OutputPlace, group_folder
 
@@ -16,3 +21,20 @@ def outputs_line(place: OutputPlace | None, xgroup: str, *, flags: str) -> str:
 def job_output(place: OutputPlace | None, folder: str) -> tuple[str, ...]:
     """The `Job N - ...` detail naming a job's folder, when it has one."""
     return (f"outputs: {place.uri(folder)}",) if place is not None else ()
+
+
+def _output_bucket(mounted: str):
+    help_text = (
+        "Give each job a folder PREFIX/<xgroup>/<name>-<key8>/<attempt>/ in this Cloud Storage "
+        f"bucket (PREFIX default: caliban), {mounted} and named to the job as $CALIBAN_OUTPUT_DIR."
+    )
+    option = typer.Option(
+        "--output_bucket", "--output-bucket", metavar="gs://BUCKET[/PREFIX]", help=help_text
+    )
+    return Annotated[str | None, option]
+
+
+OutputBucket = _output_bucket("at /gcs/BUCKET through Vertex AI's Cloud Storage FUSE mount,")
+OutputBucketGke = _output_bucket(
+    "mounted at /gcs/BUCKET with GKE's Cloud Storage FUSE CSI driver (enable it on the cluster)"
+)
