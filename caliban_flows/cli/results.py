@@ -69,7 +69,7 @@ def results(
     object) or metrics.jsonl (one object per line, the last value of each key wins); or by
     printing lines `CALIBAN_METRICS {"accuracy": 0.93}` (read from docker and pod logs). The
     `metrics` column says `latest` for a job still running, `final` once it ended.
-    Exits 1, after the table, when some platform did not answer."""
+    Exits 1, after the table, when some platform or bucket did not answer."""
     from caliban_flows.cli.history import _users
     from caliban_flows.spec.objective import parse_objective
     from caliban_flows.state.reading import group_table
@@ -85,7 +85,11 @@ def results(
         unreached.append(line)
         _warn(line)
 
-    runs, table = group_table(xgroup, users=_users(user, all_users), warn=warn)
+    def unread(line: str) -> None:
+        unreached.append(line)
+        print(f"warning: {line}; those jobs show no metrics", file=sys.stderr, flush=True)
+
+    runs, table = group_table(xgroup, users=_users(user, all_users), warn=warn, unread=unread)
     recorded = recorded_objective(runs) if goal is None else None
     goal = goal or recorded
     try:

@@ -47,9 +47,11 @@ def group_table(
     *,
     users: frozenset[str] | None = None,
     warn: Callable[[str], None] | None = None,
+    unread: Callable[[str], None] | None = None,
 ) -> tuple[list[GroupRun], pandas.DataFrame]:
     """The group's runs and its results table (state.results: every job's latest attempt);
-    SpecError when no such group is recorded."""
+    SpecError when no such group is recorded. `unread` gets one line per output root that
+    could not be read (its jobs show no metrics); without it, that is a CalibanError."""
     from caliban_flows.state.groups import latest_attempts
     from caliban_flows.state.reconcile import Platforms
     from caliban_flows.state.results import collect, frame
@@ -59,4 +61,4 @@ def group_table(
         whose = "" if users is None else f" of user {', '.join(sorted(users))}"
         raise SpecError(f"no experiment group named {xgroup!r}{whose}")
     latest = [r for r in latest_attempts(rows) if r["xgroup"] == xgroup]
-    return runs, frame(collect(runs, latest, Platforms()))
+    return runs, frame(collect(runs, latest, Platforms(), unread))

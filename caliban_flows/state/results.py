@@ -6,12 +6,12 @@ Prefect artifact show."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from caliban_flows.platforms import registry
 from caliban_flows.platforms.base import JobState
-from caliban_flows.spec.errors import SpecError
+from caliban_flows.spec.errors import CalibanError, SpecError
 from caliban_flows.spec.objective import Objective, parse_objective
 from caliban_flows.spec.outputs import OutputPlace, arg_columns, job_folder
 
@@ -46,7 +46,12 @@ def _place_of(run: GroupRun) -> OutputPlace | None:
     return OutputPlace.of((run.placement or {}).get("outputs"))
 
 
-def collect(runs: Iterable[GroupRun], rows: Sequence[dict], platforms: Adapters) -> list[dict]:
+def collect(
+    runs: Iterable[GroupRun],
+    rows: Sequence[dict],
+    platforms: Adapters,
+    unread: Callable[[str], None] | None = None,
+) -> list[dict]:
     """One record per job row given (latest attempts): its columns, args and metrics.
 
     Every run's metrics files are read in one go per output root; logs are read only for jobs
@@ -79,18 +84,28 @@ def collect(runs: Iterable[GroupRun], rows: Sequence[dict], platforms: Adapters)
         run = by_run[run_id]
         place = _place_of(run)
         if place is not None:
-            found = folder_metrics(place, [f for _, f in jobs], run.placement)
+            try:
+                found = folder_metrics(place, [f for _, f in jobs], run.placement)
+            except CalibanError as e:  # with `unread`: the other runs' metrics still show
+                if unread is None:
+                    raise
+                unread(str(e))
+                continue
             for record, folder in jobs:
                 record["values"] = found.get(folder, {})
         silent = [r for r, _ in jobs if not r["values"] and r["remote_id"]]
         if silent and registry.get(run.platform).logs_hold_output:
-            adapter = platforms.get(run)
+            try:
+                adapter = platforms.get(run)
+            except Exception:  # its platform did not answer: already said, its jobs UNKNOWN
+                continue
             said = log_metrics(adapter.logs, [r["remote_id"] for r in silent])
             for record in silent:
                 record["values"] = said.get(record["remote_id"], {})
     for record in records:
         if record["values"]:
-            ended = JobState(record["state"]).terminal
+            # UNKNOWN (its platform did not answer) may still be running: not known final
+            ended = JobState(record["state"]).terminal and record["state"] != JobState.UNKNOWN
             record["metrics"] = FINAL if ended else LATEST
     return records
 

@@ -65,7 +65,7 @@ def cli(tmp_path_factory, caliban_home, docker_client):
             "CALIBAN_VERTEX_POLL_SECONDS": "1",
         }
         run = caliban_runner(project, env)
-        run.storage = storage
+        run.storage, run.key = storage, key
         yield run
 
 
@@ -169,3 +169,18 @@ def test_pull_copies_the_vertex_jobs_metrics_through_cloud_storage(cli, groups, 
     assert len(pulled) == JOBS
     accuracies = sorted(json.loads(p.read_text())["accuracy"] for p in pulled)
     assert accuracies == sorted(r["accuracy"] for r in tables["vertex"])
+
+
+def test_a_bucket_that_refuses_caliban_hides_only_its_jobs_metrics(cli, groups, tables):
+    cli.storage.revoke(cli.key)  # the service account lost its access to the bucket
+    try:
+        done = cli("results", "--xgroup", groups["vertex"], "--format", "json")
+    finally:
+        cli.storage.trust(cli.key)
+    assert done.returncode == 1, done.stderr  # after the whole table, as for a platform down
+    rows = json.loads(done.stdout)
+    assert [r["state"] for r in rows] == ["SUCCEEDED"] * JOBS  # Vertex still answered
+    assert all(r["metrics"] == "" and "accuracy" not in r for r in rows)
+    warning = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and f"gs://{BUCKET}" in warning[0], done.stderr
+    assert "those jobs show no metrics" in warning[0] and "Traceback" not in done.stderr

@@ -107,3 +107,13 @@ def test_the_event_caps_its_rows_and_names_the_flow_run(tmp_path):
     assert len(payload["rows"]) == EVENT_ROWS and payload["truncated"] == 5
     assert payload["counts"] == {"SUCCEEDED": EVENT_ROWS + 5} and payload["state"] == "FAILED"
     assert payload["objective"] == "acc:max" and payload["best"] is None
+
+
+def test_metrics_are_final_only_for_jobs_known_to_have_ended(tmp_path):
+    rows = [_row(1, 0.1, "RUNNING"), _row(2, 0.2, "UNKNOWN"), _row(3, 0.3, "STOPPED")]
+    for row in rows:
+        _write(tmp_path, row, {"loss": 0.5})
+    marked = {r["name"]: r["metrics"] for r in read_results(_run(tmp_path, None), rows,
+                                                            Platforms()).rows}  # fmt: skip
+    # UNKNOWN: its platform did not answer, so it may still be running and writing
+    assert marked == {"job_1": "latest", "job_2": "latest", "job_3": "final"}
