@@ -28,6 +28,7 @@ _EXIT = re.compile(r"Exited \((-?\d+)\)")
 # Docker starts a container right after creating it; one still not started this long after
 # will not be.
 START_WAIT_SECONDS = 60.0
+INSPECTS_AT_ONCE = 8  # within the Docker SDK's pool of 10 connections
 _STATES = {
     "created": JobState.SUBMITTED,
     "running": JobState.RUNNING,
@@ -169,11 +170,19 @@ class LocalDocker:
         return out
 
     def poll(self, xgroup: str) -> list[RemoteJob]:
-        return [
-            self._never_started(job, summary) or job
-            for summary in self._list({"label": f"{XGROUP_LABEL}={xgroup}"})
-            for job in (_remote(summary),)
-        ]
+        summaries = self._list({"label": f"{XGROUP_LABEL}={xgroup}"})
+        jobs = [_remote(summary) for summary in summaries]
+        # Only a container not started yet needs a second call (why it has not started): made
+        # a few at a time, since a group may hold many.
+        waiting = [i for i, summary in enumerate(summaries) if summary.get("State") == "created"]
+        if waiting:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(INSPECTS_AT_ONCE, len(waiting))) as pool:
+                found = pool.map(lambda i: self._never_started(jobs[i], summaries[i]), waiting)
+                for i, failed in zip(waiting, found):
+                    jobs[i] = failed or jobs[i]
+        return jobs
 
     def _never_started(self, job: RemoteJob, summary: dict) -> RemoteJob | None:
         """A container created but not running: FAILED with Docker's reason if its start
