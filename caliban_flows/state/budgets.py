@@ -60,6 +60,7 @@ class PrefectBudget:
         self.waits = 0  # 423 answers: how often the budget was spent by the time we asked
         self.outages = 0  # takes the server could not answer (the pace alone held then)
         self._down_until = 0.0
+        self._ready = False  # the limit made or set to our quota in Prefect
 
     def ensure(self) -> None:
         """Create the limit, or set it to this submission's quota (the newest word wins)."""
@@ -76,10 +77,27 @@ class PrefectBudget:
             used = old.get("active_slots", 0) / old["limit"]
             body["active_slots"] = min(body["limit"], math.ceil(used * body["limit"]))
         self.http.patch(path, json=body).raise_for_status()
+        self._ready = True
+
+    def ensure_or_pace(self) -> None:
+        """ensure(); if the server cannot answer now, the pace alone holds for a while (a
+        BudgetError only for an answer that says the request itself is wrong)."""
+        try:
+            self.ensure()
+        except httpx.TransportError as e:
+            self._outage(first_line(e))
+        except httpx.HTTPStatusError as e:
+            if e.response.status_code not in prefect_api.REFUSED + prefect_api.LOST:
+                raise BudgetError(f"cannot set up the API budget {self.name!r} in Prefect: "
+                                  f"{first_line(e)}") from None  # fmt: skip
+            self._outage(f"HTTP {e.response.status_code}")
 
     async def take(self, calls: int) -> None:
         calls = min(calls, shared_slots(self.per_minute))
         while time.monotonic() >= self._down_until:
+            if not self._ready:  # its setup met an outage: set it up now
+                await asyncio.to_thread(self.ensure_or_pace)
+                continue
             try:
                 answer = await asyncio.to_thread(
                     self.http.post,
@@ -92,12 +110,29 @@ class PrefectBudget:
             if answer.status_code in prefect_api.REFUSED + prefect_api.LOST:
                 self._outage(f"HTTP {answer.status_code}")
                 return
+            if answer.status_code == 422:
+                # More slots than the limit holds: another submission set the budget to a
+                # lower quota since (the newest word wins). Ask within it.
+                limit = await asyncio.to_thread(self._limit)
+                if limit is None or limit >= calls:
+                    self._outage("HTTP 422")
+                    return
+                calls = max(1, limit)
+                continue
             if answer.status_code != 423:
                 answer.raise_for_status()
                 return
             self.waits += 1
             hint = float(answer.headers.get("Retry-After") or 1.0)
             await asyncio.sleep(min(hint, calls / self.decay))
+
+    def _limit(self) -> int | None:
+        """The budget's limit in slots now; None if the server cannot say."""
+        try:
+            got = self.http.get(f"/v2/concurrency_limits/{self.name}")
+            return int(got.raise_for_status().json()["limit"])
+        except (httpx.HTTPError, KeyError, TypeError, ValueError):
+            return None
 
     def _outage(self, why: str) -> None:
         self._down_until = time.monotonic() + OUTAGE_SECONDS
@@ -124,12 +159,7 @@ def _factory(http) -> BudgetFactory:
         with lock:
             if name not in made:
                 one = PrefectBudget(http, name, per_minute)
-                try:
-                    one.ensure()
-                except Exception as e:
-                    raise BudgetError(
-                        f"cannot set up the API budget {name!r} in Prefect: {first_line(e)}"
-                    ) from None
+                one.ensure_or_pace()
                 made[name] = one
             return made[name]
 

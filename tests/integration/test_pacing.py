@@ -227,3 +227,29 @@ def test_a_budget_prefect_cannot_grant_leaves_the_submission_at_its_own_pace(
     err = capsys.readouterr().err
     assert err.count("did not answer for the shared API budget") == 1, err
     assert "submitting at this process's own pace" in err
+
+
+def test_a_budget_lowered_by_another_submission_meanwhile_is_asked_within_its_new_limit(api):
+    """Seen in a full run: two submissions to one project with different quotas. The second
+    set the budget to 2 slots while the first still asked for a second's worth at 6,000 a
+    minute, and Prefect's 422 ('Slots requested is greater than the limit') failed it."""
+    with prefect_budgets(api) as first, prefect_budgets(api) as second:
+        high = first("vertex-submit", "both:r", 6000.0)
+        second("vertex-submit", "both:r", 60.0)  # the newest word wins: 2 slots
+        asyncio.run(high.take(shared_slots(6000.0)))  # raised HTTPStatusError 422 before
+    assert high.outages == 0  # it was granted, within the lower limit, not left alone
+
+
+def test_a_budget_that_cannot_be_set_up_leaves_the_submission_at_its_own_pace(
+    tmp_path_factory, capsys
+):
+    """Seen in a full run: Prefect answered 503 when a deployment's submission first set up
+    its budget, and 'BudgetError: cannot set up the API budget' failed the whole group."""
+    with contextlib.ExitStack() as server:
+        url = server.enter_context(own_server(tmp_path_factory.mktemp("setup-home")))
+    with prefect_budgets(url) as budgets:  # the server is gone before the budget is made
+        budget = budgets("vertex-manage", "setup:r", 600.0)
+        asyncio.run(budget.take(1))
+    assert budget.outages == 1
+    err = capsys.readouterr().err
+    assert err.count("did not answer for the shared API budget") == 1, err
