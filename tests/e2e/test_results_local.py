@@ -47,17 +47,6 @@ SWEEP = [
 
 
 @pytest.fixture(scope="module")
-def caliban_home(tmp_path_factory, docker_client):
-    home = tmp_path_factory.mktemp("caliban-home")
-    yield home
-    subprocess.run(
-        [str(BIN / "python"), "-c", "from caliban_flows.server import backend; backend.stop()"],
-        env={**os.environ, "CALIBAN_HOME": str(home)},
-        timeout=60,
-    )
-
-
-@pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("results-project")
     (root / "trainer").mkdir()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -142,13 +141,10 @@ def test_metrics_of_1200_jobs_in_a_few_list_pages(emu, env) -> None:
             expected[folder] = {}
             files += 1
     emu.reset_calls()
-    started = time.monotonic()
     assert gcs.read_metrics(PLACE, folders) == expected
     calls = emu.calls()
     assert calls["objects.list"] == math.ceil(files / 1000)  # not a call per job
     assert calls["objects.media"] == files and calls["objects.get"] == 0
-    # Each request waited out the injected latency at least once (a lower bound, not a race).
-    assert time.monotonic() - started >= 0.02 * (calls["objects.list"] + 1)
     assert gcs.read_metrics(PLACE, []) == {}
 
 
