@@ -24,8 +24,9 @@ def results(
     `user`: another user's group (default: your own).
     """
     from caliban_flows.plan.inputs import current_user
+    from caliban_flows.spec.objective import parse_objective
     from caliban_flows.state.reading import group_table
-    from caliban_flows.state.results import ordered, parse_objective
+    from caliban_flows.state.results import ordered
 
     _, table = group_table(xgroup, users=frozenset({user or current_user()}))
     return ordered(table, parse_objective(sort, "sort") if sort else None, top, "sort")

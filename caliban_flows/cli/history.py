@@ -12,6 +12,7 @@ import typer
 from caliban_flows.cli import options as o
 from caliban_flows.cli.output import confirm as _confirm
 from caliban_flows.spec.errors import CalibanError, SpecError
+from caliban_flows.state.reading import no_group
 
 ACTIVE = ("QUEUED", "SUBMITTED", "RUNNING")
 PAST = {"stop": "stopped", "resubmit": "resubmitted"}
@@ -40,11 +41,6 @@ def _users(user: str | None, all_users: bool) -> frozenset[str] | None:
     from caliban_flows.plan.inputs import current_user
 
     return frozenset({current_user()})
-
-
-def _no_group(xgroup: str, users: frozenset[str] | None) -> str:
-    whose = "" if users is None else f" of user {', '.join(sorted(users))} (--all_users: anyone's)"
-    return f"no experiment group named {xgroup!r}{whose}"
 
 
 def _rows(
@@ -154,7 +150,7 @@ def status(
     users = _users(user, all_users)
     runs, rows, warnings = _rows(xgroup, users=users)
     if xgroup is not None and not runs:
-        raise SpecError(_no_group(xgroup, users))
+        raise SpecError(no_group(xgroup, users))
     rows = _limit(rows, xgroup, max_jobs)
     if format is Format.json:
         print(json.dumps(rows, indent=2))
@@ -198,7 +194,7 @@ def _latest(
     a platform place that did not answer is an error, not UNKNOWN rows."""
     runs, rows, unanswered = _rows(xgroup, credentials_file, users)
     if not runs:
-        raise SpecError(_no_group(xgroup, users))
+        raise SpecError(no_group(xgroup, users))
     if every_place and unanswered:
         raise CalibanError(f"cannot tell which jobs of xgroup {xgroup!r} to rerun: nothing done")
     return runs, _limit(rows, xgroup, 1)

@@ -21,11 +21,11 @@ def pull_outputs(
     `dest/<name>-<key>/<attempt>/`; (files copied, jobs copied, dest)."""
     from caliban_flows.platforms.outputs import copy_folder
     from caliban_flows.state.groups import latest_attempts
-    from caliban_flows.state.reading import read_groups
+    from caliban_flows.state.reading import no_group, read_groups
 
     runs, rows = read_groups(xgroup, users=users, warn=warn)
     if not runs:
-        raise SpecError(f"no experiment group named {xgroup!r}")
+        raise SpecError(no_group(xgroup, users))
     latest = [r for r in latest_attempts(rows) if r["xgroup"] == xgroup]
     if names:
         unknown = sorted(set(names) - {r["name"] for r in latest})

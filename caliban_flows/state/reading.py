@@ -14,6 +14,12 @@ if TYPE_CHECKING:
     from caliban_flows.state.groups import GroupRun
 
 
+def no_group(xgroup: str, users: frozenset[str] | None) -> str:
+    """What status, stop, resubmit, results and pull say of a group they cannot find."""
+    whose = "" if users is None else f" of user {', '.join(sorted(users))} (--all_users: anyone's)"
+    return f"no experiment group named {xgroup!r}{whose}"
+
+
 def read_groups(
     xgroup: str | None,
     credentials_file: str | None = None,
@@ -58,7 +64,6 @@ def group_table(
 
     runs, rows = read_groups(xgroup, users=users, warn=warn)
     if not runs:
-        whose = "" if users is None else f" of user {', '.join(sorted(users))}"
-        raise SpecError(f"no experiment group named {xgroup!r}{whose}")
+        raise SpecError(no_group(xgroup, users))
     latest = [r for r in latest_attempts(rows) if r["xgroup"] == xgroup]
     return runs, frame(collect(runs, latest, Platforms(), unread))

@@ -33,12 +33,21 @@ class Adapters(Protocol):
     def get(self, run: GroupRun) -> Platform: ...
 
 
+def objective_of(run: GroupRun) -> Objective | None:
+    """The objective a run was submitted with; None if none, or unreadable (edited by hand)."""
+    text = (run.placement or {}).get("objective")
+    try:
+        return parse_objective(str(text)) if text else None
+    except SpecError:
+        return None
+
+
 def recorded_objective(runs: Iterable[GroupRun]) -> Objective | None:
-    """The objective the newest run that records one was submitted with (`--objective`)."""
+    """The objective the newest run that records a readable one was submitted with."""
     for run in sorted(runs, key=lambda r: r.created, reverse=True):
-        text = (run.placement or {}).get("objective")
-        if text:
-            return parse_objective(str(text))
+        goal = objective_of(run)
+        if goal is not None:
+            return goal
     return None
 
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from caliban_flows.platforms.base import first_line
-from caliban_flows.spec.errors import SpecError
-from caliban_flows.spec.objective import Objective, parse_objective
+from caliban_flows.spec.objective import Objective
 
 if TYPE_CHECKING:
     from caliban_flows.state.groups import GroupRun
@@ -46,14 +45,6 @@ def outputs_url(uri: str | None) -> str | None:
     return CONSOLE_STORAGE + quote(uri[len("gs://") :], safe="/")
 
 
-def objective_of(run: GroupRun) -> Objective | None:
-    text = (run.placement or {}).get("objective")
-    try:
-        return parse_objective(str(text)) if text else None
-    except SpecError:  # recorded by hand, unreadable: as if none
-        return None
-
-
 def results_as_jobs_end(run: GroupRun, rows: Sequence[dict], platforms: Adapters) -> RunResults:
     """read_results, or what it said last in this process if no job of the run changed state
     since; results that could not be read are read again next time."""
@@ -73,7 +64,14 @@ def read_results(run: GroupRun, rows: Sequence[dict], platforms: Adapters) -> Ru
     """The results of this run's jobs (`rows`: status rows, any run's); a metrics file or log
     that cannot be read becomes `error`, never an exception."""
     from caliban_flows.state.groups import latest_attempts
-    from caliban_flows.state.results import best, collect, frame, metric_column, plain
+    from caliban_flows.state.results import (
+        best,
+        collect,
+        frame,
+        metric_column,
+        objective_of,
+        plain,
+    )
 
     objective = objective_of(run)
     mine = latest_attempts([r for r in rows if r["flow_run_id"] == run.flow_run_id])
