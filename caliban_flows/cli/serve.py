@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -22,7 +23,7 @@ def serve(
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
     from caliban_flows.flows.group_runs import group_deployment
-    from caliban_flows.flows.reconcile import DEPLOYMENT, reconcile_active_groups
+    from caliban_flows.flows.reconcile import DEPLOYMENT, reconcile_active_groups, release_rounds
 
     print(f"reconciling active groups every {interval:g} s against {url}, and running the "
           "groups retried in the Prefect UI (Ctrl-C stops)", flush=True)  # fmt: skip
@@ -35,7 +36,15 @@ def serve(
     rounds = reconcile_active_groups.to_deployment(
         name=DEPLOYMENT, interval=interval, concurrency_limit=one_round
     )
-    serve_all(rounds, group_deployment(), print_starting_message=False, query_seconds=2)
+    release_rounds(url)  # a service stopped uncleanly (kill -9, a crash) left its round held
+    try:
+        serve_all(rounds, group_deployment(), print_starting_message=False, query_seconds=2)
+    finally:  # Ctrl-C: the round the runner had claimed would hold the slot for 300 s
+        try:
+            release_rounds(url)
+        except Exception as e:  # the server went first: the lease lapses in 300 s instead
+            print(f"warning: the round in flight stays held till its lease lapses: {e}",
+                  file=sys.stderr)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

@@ -9,7 +9,39 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from caliban_flows.spec.errors import CalibanError
+
 DEPLOYMENT = "caliban-reconcile"
+_HELD = ("PENDING", "RUNNING", "CANCELLING")  # the states that hold the one-round slot
+
+
+def release_rounds(api_url: str) -> int:
+    """Cancel the rounds a stopped service left Pending or Running; returns how many.
+
+    A round holds the deployment's one-round slot from Pending on. The runner does not give
+    it back when `caliban serve` stops between claiming a round and finishing it (Ctrl-C
+    almost always lands so at a short interval), and Prefect frees it only when the lease
+    lapses, 300 s later: a restarted service would make no rounds till then. One service per
+    Prefect server is the intended shape; a second one starting cuts short the other's round
+    in flight, which its next round does again.
+    """
+    from caliban_flows.lean_httpx import httpx
+    from caliban_flows.state import prefect_api
+
+    body = {
+        "deployments": {"name": {"any_": [DEPLOYMENT]}},
+        "flow_runs": {"state": {"type": {"any_": list(_HELD)}}},
+    }
+    state = {"type": "CANCELLED", "message": "caliban serve stopped before this round ended"}
+    try:
+        with prefect_api.client(api_url) as http:
+            found = http.post("/flow_runs/filter", json=body)
+            found.raise_for_status()
+            for run in found.json():
+                prefect_api.set_state(http, run["id"], state)
+    except httpx.HTTPError as e:
+        raise CalibanError(f"cannot free the reconcile rounds left held in Prefect: {e}") from None
+    return len(found.json())
 
 
 @flow(name="caliban-reconcile", persist_result=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import uuid
@@ -27,18 +28,23 @@ def served(caliban_home, tmp_path):
     with VertexEmulator(run_containers=False, sim_step=0.05) as emulator:
         emulator.hold(True)  # jobs stay RUNNING until a test ends them
         cli = make_cli(tmp_path, caliban_home, emulator)
+        # Its output goes to a file: an undrained pipe fills (64 KiB) and blocks the service.
+        log = (tmp_path / "serve.log").open("w")
         service = subprocess.Popen([str(BIN / "caliban"), "serve", "--interval", "3"],
-                                   cwd=tmp_path, env=cli.env, stdout=subprocess.PIPE,
+                                   cwd=tmp_path, env=cli.env, stdout=log,
                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
         try:
             yield emulator, cli
         finally:
+            log.close()
+            print(f"caliban serve wrote {(tmp_path / 'serve.log').stat().st_size} bytes")
             service.send_signal(signal.SIGINT)
             try:
                 service.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 service.kill()
                 service.wait()
+            log.close()
 
 
 def artifacts(api: str, run_id: str, auth: dict[str, str]) -> dict[str, dict]:
@@ -116,3 +122,45 @@ def test_the_service_submits_queued_jobs_as_max_running_slots_free(served, tmp_p
     wait_for(lambda: concurrency_limit(api, limit, auth)["active_slots"] == 0, timeout=60)
     assert len(mine()) == 3 and {j.state.name for j in mine()} == {"JOB_STATE_SUCCEEDED"}
     assert max(emulator.creates_by_key().values()) == 1
+
+
+def rounds(api: str, auth: dict[str, str], *states: str) -> list[dict]:
+    """The reconcile deployment's runs in these states."""
+    body = {"deployments": {"name": {"any_": ["caliban-reconcile"]}},
+            "flow_runs": {"state": {"type": {"any_": list(states)}}}}  # fmt: skip
+    return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10, headers=auth).json()
+
+
+def test_a_service_killed_mid_round_is_restarted_and_rounds_go_on(caliban_home, tmp_path):
+    """kill -9 of the service and its round leaves the one-round slot held (for the lease's
+    300 s); the next `caliban serve` frees it at once, and Ctrl-C frees the round in flight."""
+    with VertexEmulator(run_containers=False) as emulator:
+        cli = make_cli(tmp_path, caliban_home, emulator)
+        assert cli("status").returncode == 0  # starts the local Prefect server
+        api, auth = api_url(cli), auth_headers(cli)
+        argv = [str(BIN / "caliban"), "serve", "--interval", "2"]
+        log = (tmp_path / "serve.log").open("w")
+        first = subprocess.Popen(argv, cwd=tmp_path, env=cli.env, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            [held] = wait_for(lambda: rounds(api, auth, "PENDING", "RUNNING"))
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        assert rounds(api, auth, "PENDING", "RUNNING")  # the killed round holds the slot
+
+        second = subprocess.Popen(argv, cwd=tmp_path, env=cli.env, stdout=log,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            done = wait_for(lambda: [r for r in rounds(api, auth, "COMPLETED")
+                                     if r["start_time"] > (held["start_time"] or "")])  # fmt: skip
+            assert done
+            [left] = [r for r in rounds(api, auth, "CANCELLED") if r["id"] == held["id"]]
+            assert left["state"]["message"] == "caliban serve stopped before this round ended"
+            wait_for(lambda: rounds(api, auth, "PENDING", "RUNNING"))  # Ctrl-C mid-round
+        finally:
+            second.send_signal(signal.SIGINT)
+            second.wait(timeout=60)
+            log.close()
+        assert second.returncode == 0, (tmp_path / "serve.log").read_text()
+        assert rounds(api, auth, "PENDING", "RUNNING", "CANCELLING") == []
