@@ -37,56 +37,66 @@ COMMAND = {
 }
 BUILD = {"build": True}  # the case builds from the folder (and pushes, when remote)
 # Under every case of its platform unless the case sets it: the emulator meters no quota, and
-# at the default 60 creates a minute the ~120 creates of the Vertex cases, all in one project
+# at the default 60 creates a minute the ~80 creates of the Vertex cases, all in one project
 # and region, would take two minutes of pacing.
 BASE = {"vertex": {"submit_quota": 6000}}
 
 # (platform, case id, options on top of {"nogpu": True}); every option of every platform
-# appears in at least one case (test_every_option_has_a_case).
+# appears in at least one case (test_every_option_has_a_case). Options that touch different
+# parts of a record share a case: each case is two submissions, and the module's setup is
+# the longest of the suite.
 CASES = [
     ("local", "defaults", {}),
     ("local", "gpu", {"nogpu": False}),
-    ("local", "extras", {"extras": ["tests"]}),
-    ("local", "dirs", {"dirs": ["data"]}),
+    ("local", "extras_dirs", {"extras": ["tests"], "dirs": ["data"]}),
     ("local", "no_cache", {"no_cache": True}),
     ("local", "max_running", {"max_running": 1}),
     ("local", "pool", {"max_running": 2, "pool": SPACE}),
-    ("local", "parallel", {"parallel": 2}),
-    ("local", "docker_run_args", {"docker_run_args": "--env A=1"}),
-    ("local", "cloud_key", {"cloud_key": "key.json"}),
-    ("local", "objective", {"objective": "accuracy:min"}),
-    ("local", "output_dir", {"output_dir": "../outputs"}),  # outside the project's image
+    ("local", "parallel_run_args", {"parallel": 2, "docker_run_args": "--env A=1"}),
+    # output_dir: outside the project's image
+    (
+        "local",
+        "key_objective_output",
+        {"cloud_key": "key.json", "objective": "accuracy:min", "output_dir": "../outputs"},
+    ),
     ("vertex", "defaults", {}),
     ("vertex", "gpu", {"nogpu": False}),
     ("vertex", "gpu_spec", {"nogpu": False, "gpu_spec": "2xV100"}),
     ("vertex", "tpu_spec", {"tpu_spec": "8xV3"}),
     ("vertex", "force", {"force": True}),
-    ("vertex", "max_qps", {"max_qps": 20}),
-    ("vertex", "submit_quota", {"submit_quota": 120}),
+    ("vertex", "pacing", {"max_qps": 20, "submit_quota": 120, "manage_quota": 1200}),
     ("vertex", "max_restarts", {"spot": True, "max_restarts": 2}),
     ("vertex", "restart_on_exit_codes", {"max_restarts": 1, "restart_on_exit_codes": "137,143"}),
-    ("vertex", "manage_quota", {"manage_quota": 1200}),
     ("vertex", "build", BUILD),
-    ("vertex", "extras", {**BUILD, "extras": ["tests"]}),
-    ("vertex", "dirs", {**BUILD, "dirs": ["data"]}),
+    ("vertex", "extras_dirs", {**BUILD, "extras": ["tests"], "dirs": ["data"]}),
     ("vertex", "no_cache", {**BUILD, "no_cache": True}),
     ("vertex", "registry", {**BUILD, "registry": f"127.0.0.1:5000/{SPACE}"}),
     ("vertex", "registry_block", {**BUILD, "registry_block": SPACE}),
     ("vertex", "max_running", {"max_running": 1}),
     ("vertex", "pool", {"max_running": 2, "pool": SPACE}),
     ("vertex", "wait", {"wait": True}),
-    ("vertex", "project_id", {"project_id": "another-project"}),
-    ("vertex", "region", {"region": "europe-west4"}),
-    ("vertex", "machine_type", {"machine_type": "n1-standard-16"}),
-    ("vertex", "service_account", {"service_account": "jobs@p.iam.gserviceaccount.com"}),
-    ("vertex", "network", {"network": "projects/1/global/networks/lab"}),
-    ("vertex", "spot", {"spot": True}),
-    ("vertex", "timeout", {"timeout": "90m"}),
-    ("vertex", "restart_on_worker_restart", {"restart_on_worker_restart": True}),
+    ("vertex", "place", {"project_id": "another-project", "region": "europe-west4"}),
+    (
+        "vertex",
+        "machine",
+        {
+            "machine_type": "n1-standard-16",
+            "timeout": "90m",
+            "service_account": "jobs@p.iam.gserviceaccount.com",
+            "network": "projects/1/global/networks/lab",
+            "restart_on_worker_restart": True,
+        },
+    ),
     ("vertex", "vertex_block", {"vertex_block": SPACE}),
-    ("vertex", "cloud_key", {"cloud_key": "key.json"}),
-    ("vertex", "objective", {"objective": "accuracy:min"}),
-    ("vertex", "output_bucket", {"output_bucket": "gs://caliban-out/runs"}),
+    (
+        "vertex",
+        "key_objective_output",
+        {
+            "cloud_key": "key.json",
+            "objective": "accuracy:min",
+            "output_bucket": "gs://caliban-out/runs",
+        },
+    ),
     ("kubernetes", "defaults", {}),
     ("kubernetes", "gpu", {"nogpu": False}),
     ("kubernetes", "gpu_spec", {"nogpu": False, "gpu_spec": "2xT4"}),
@@ -103,34 +113,40 @@ CASES = [
     ),
     ("kubernetes", "tpu_spec", {"context": GKE_CONTEXT, "tpu_spec": "4xV5E"}),
     ("kubernetes", "force", {"force": True, "nogpu": False, "context": GKE_CONTEXT}),
-    ("kubernetes", "max_qps", {"max_qps": 20}),
     ("kubernetes", "max_restarts", {"max_restarts": 2}),
     ("kubernetes", "restart_on_exit_codes", {"max_restarts": 1, "restart_on_exit_codes": "137"}),
     ("kubernetes", "build", BUILD),
-    ("kubernetes", "extras", {**BUILD, "extras": ["tests"]}),
-    ("kubernetes", "dirs", {**BUILD, "dirs": ["data"]}),
+    ("kubernetes", "extras_dirs", {**BUILD, "extras": ["tests"], "dirs": ["data"]}),
     ("kubernetes", "no_cache", {**BUILD, "no_cache": True}),
     ("kubernetes", "registry", {**BUILD, "registry": f"127.0.0.1:5000/{SPACE}"}),
     ("kubernetes", "registry_block", {**BUILD, "registry_block": SPACE}),
     ("kubernetes", "max_running", {"max_running": 1}),
     ("kubernetes", "pool", {"max_running": 2, "pool": SPACE}),
     ("kubernetes", "wait", {"wait": True}),
-    ("kubernetes", "context", {"context": "second"}),
-    ("kubernetes", "namespace", {"namespace": "sweeps"}),
+    ("kubernetes", "place", {"context": "second", "namespace": "sweeps"}),
     ("kubernetes", "kubeconfig", {"kubeconfig": "KUBECONFIG"}),
     ("kubernetes", "cluster_block", {"cluster_block": SPACE}),
-    ("kubernetes", "cloud_key", {"cloud_key": "key.json"}),
-    ("kubernetes", "objective", {"objective": "accuracy:min"}),
+    (
+        "kubernetes",
+        "key_objective_output",
+        {"cloud_key": "key.json", "objective": "accuracy:min", "output_bucket": "gs://caliban-out"},
+    ),
     (
         "kubernetes",
         "gke_cluster",
         {"cluster_name": "c1", "project_id": "caliban-test", "zone": "us-central1-a"},
     ),
-    ("kubernetes", "min_cpu", {"min_cpu": 500}),
-    ("kubernetes", "min_mem", {"min_mem": 1024}),
-    ("kubernetes", "nonpreemptible", {"nonpreemptible": True}),
-    ("kubernetes", "backoff_limit", {"backoff_limit": 2}),
-    ("kubernetes", "output_bucket", {"output_bucket": "gs://caliban-out"}),
+    (
+        "kubernetes",
+        "resources",
+        {
+            "min_cpu": 500,
+            "min_mem": 1024,
+            "nonpreemptible": True,
+            "backoff_limit": 2,
+            "max_qps": 20,
+        },
+    ),
     ("kubernetes", "output_pvc", {"output_pvc": "results"}),
 ]
 # The first test submits every case (the module's fixture): minutes, not the default 300 s.
