@@ -62,8 +62,28 @@ def group_table(
     from caliban_flows.state.reconcile import Platforms
     from caliban_flows.state.results import collect, frame
 
+    # pandas' import (0.3-0.4 s) goes on while the platforms answer (waits on sockets)
+    pandas_loaded = _import_meanwhile("pandas")
     runs, rows = read_groups(xgroup, users=users, warn=warn)
     if not runs:
         raise SpecError(no_group(xgroup, users))
     latest = [r for r in latest_attempts(rows) if r["xgroup"] == xgroup]
-    return runs, frame(collect(runs, latest, Platforms(), unread))
+    records = collect(runs, latest, Platforms(), unread)
+    pandas_loaded.join()
+    return runs, frame(records)
+
+
+def _import_meanwhile(module: str):
+    """Import `module` in a daemon thread; join the thread before using it. A failure there
+    is left for the import that follows to raise (or to succeed at)."""
+    import contextlib
+    import importlib
+    import threading
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+    thread = threading.Thread(target=load, name=f"import-{module}", daemon=True)
+    thread.start()
+    return thread
