@@ -73,7 +73,7 @@ def results(
     from caliban_flows.cli.history import _users
     from caliban_flows.spec.objective import parse_objective
     from caliban_flows.state.reading import group_table
-    from caliban_flows.state.results import best, ordered, recorded_objective
+    from caliban_flows.state.results import arranged, best
 
     goal = parse_objective(objective) if objective else None
     order = parse_objective(sort, "--sort") if sort else None
@@ -90,14 +90,7 @@ def results(
         print(f"warning: {line}; those jobs show no metrics", file=sys.stderr, flush=True)
 
     runs, table = group_table(xgroup, users=_users(user, all_users), warn=warn, unread=unread)
-    recorded = recorded_objective(runs) if goal is None else None
-    goal = goal or recorded
-    try:
-        table = ordered(table, order or goal, top, "--sort" if sort else "--objective")
-    except SpecError:
-        if order is not None or recorded is None:
-            raise
-        table = ordered(table, None, top)  # the group's objective, before any job reported it
+    table, goal = arranged(table, runs, order, goal, top)
     _write(table, format, out)
     if not (table["metrics"] != "").any():
         print("no job reported metrics yet: a job writes metrics.json into $CALIBAN_OUTPUT_DIR "

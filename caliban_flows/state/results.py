@@ -71,6 +71,7 @@ def collect(
     by_run = {run.flow_run_id: run for run in runs}
     records: list[dict] = []
     mine: dict[str, list[tuple[dict, str]]] = {}
+    read_now: list[tuple[dict, tuple[str, str, int, str | None]]] = []
     for row in rows:
         run = by_run[row["flow_run_id"]]
         place = _place_of(run)
@@ -88,7 +89,13 @@ def collect(
             "exit_code": row.get("exit_code"),
         }
         records.append(record)
-        mine.setdefault(run.flow_run_id, []).append((record, folder))
+        job = (run.flow_run_id, row["key"], row["attempt"], record["output"])
+        if _ended(record) and job in _ENDED_VALUES:
+            record["values"] = _ENDED_VALUES[job]
+        else:
+            mine.setdefault(run.flow_run_id, []).append((record, folder))
+            read_now.append((record, job))
+    skipped: set[str] = set()  # runs whose metrics could not be read this time
     for run_id, jobs in mine.items():
         run = by_run[run_id]
         place = _place_of(run)
@@ -99,6 +106,7 @@ def collect(
                 if unread is None:
                     raise
                 unread(str(e))
+                skipped.add(run_id)
                 continue
             for record, folder in jobs:
                 record["values"] = found.get(folder, {})
@@ -107,16 +115,33 @@ def collect(
             try:
                 adapter = platforms.get(run)
             except Exception:  # its platform did not answer: already said, its jobs UNKNOWN
+                skipped.add(run_id)
                 continue
             said = log_metrics(adapter.logs, [r["remote_id"] for r in silent])
             for record in silent:
                 record["values"] = said.get(record["remote_id"], {})
+    if len(_ENDED_VALUES) > ENDED_KEPT:  # a long-lived `caliban serve` starts afresh
+        _ENDED_VALUES.clear()
+    for record, job in read_now:
+        if _ended(record) and record["values"] and job[0] not in skipped:
+            _ENDED_VALUES[job] = record["values"]
     for record in records:
         if record["values"]:
-            # UNKNOWN (its platform did not answer) may still be running: not known final
-            ended = JobState(record["state"]).terminal and record["state"] != JobState.UNKNOWN
-            record["metrics"] = FINAL if ended else LATEST
+            record["metrics"] = FINAL if _ended(record) else LATEST
     return records
+
+
+# What jobs that had ended reported, read once per process: the first `caliban results` after
+# a remote group settles reads its metrics to publish the run's artifacts, then for the table;
+# and `caliban serve` reads again, each round, the runs whose jobs changed state. A job that
+# showed none (its log not readable yet, say) is read again next time.
+ENDED_KEPT = 50_000
+_ENDED_VALUES: dict[tuple[str, str, int, str | None], dict] = {}  # by run, job, attempt, folder
+
+
+def _ended(record: dict) -> bool:
+    """Its metrics are final: UNKNOWN (its platform did not answer) may still be running."""
+    return JobState(record["state"]).terminal and record["state"] != JobState.UNKNOWN
 
 
 def frame(records: Sequence[dict]) -> pandas.DataFrame:
@@ -164,6 +189,27 @@ def ordered(
     if top is not None:
         df = df.head(top)
     return df.reset_index(drop=True)
+
+
+def arranged(
+    df: pandas.DataFrame,
+    runs: Iterable[GroupRun],
+    sort: Objective | None = None,
+    objective: Objective | None = None,
+    top: int | None = None,
+    flags: tuple[str, str] = ("--sort", "--objective"),
+) -> tuple[pandas.DataFrame, Objective | None]:
+    """The table in the order `caliban results` shows it, and the objective in force: by
+    `sort`, else by `objective`, else by the one the group was submitted with (left unsorted
+    while no job has reported that metric yet); then the first `top` rows."""
+    recorded = recorded_objective(runs) if objective is None else None
+    goal = objective or recorded
+    try:
+        return ordered(df, sort or goal, top, flags[0] if sort else flags[1]), goal
+    except SpecError:
+        if sort is not None or recorded is None:
+            raise
+        return ordered(df, None, top), goal
 
 
 def best(df: pandas.DataFrame, objective: Objective) -> Mapping[str, Any] | None:

@@ -125,42 +125,62 @@ def test_the_service_submits_queued_jobs_as_max_running_slots_free(served, tmp_p
 
 
 def rounds(api: str, auth: dict[str, str], *states: str) -> list[dict]:
-    """The reconcile deployment's runs in these states."""
+    """The reconcile deployment's runs in these states, newest first."""
     body = {"deployments": {"name": {"any_": ["caliban-reconcile"]}},
-            "flow_runs": {"state": {"type": {"any_": list(states)}}}}  # fmt: skip
+            "flow_runs": {"state": {"type": {"any_": list(states)}}},
+            "sort": "EXPECTED_START_TIME_DESC"}  # fmt: skip
     return httpx.post(f"{api}/flow_runs/filter", json=body, timeout=10, headers=auth).json()
 
 
-def test_a_service_killed_mid_round_is_restarted_and_rounds_go_on(caliban_home, tmp_path):
-    """kill -9 of the service and its round leaves the one-round slot held (for the lease's
-    300 s); the next `caliban serve` frees it at once, and Ctrl-C frees the round in flight."""
-    with VertexEmulator(run_containers=False) as emulator:
-        cli = make_cli(tmp_path, caliban_home, emulator)
-        assert cli("status").returncode == 0  # starts the local Prefect server
-        api, auth = api_url(cli), auth_headers(cli)
-        argv = [str(BIN / "caliban"), "serve", "--interval", "2"]
-        log = (tmp_path / "serve.log").open("w")
-        first = subprocess.Popen(argv, cwd=tmp_path, env=cli.env, stdout=log,
-                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        try:
-            [held] = wait_for(lambda: rounds(api, auth, "PENDING", "RUNNING"))
-        finally:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
-        assert rounds(api, auth, "PENDING", "RUNNING")  # the killed round holds the slot
+def state_of(api: str, auth: dict[str, str], flow_run_id: str) -> dict:
+    return httpx.get(f"{api}/flow_runs/{flow_run_id}", timeout=10, headers=auth).json()["state"]
 
-        second = subprocess.Popen(argv, cwd=tmp_path, env=cli.env, stdout=log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+
+def test_a_service_killed_mid_round_is_restarted_and_rounds_go_on(tmp_path):
+    """kill -9 of the service and its round leaves the one-round slot held (for the lease's
+    300 s); the next `caliban serve` frees it at once, and Ctrl-C frees the round in flight.
+
+    A home of its own: no group of another test (whose emulator is gone) slows the rounds."""
+    home = tmp_path / "home"
+    with VertexEmulator(run_containers=False) as emulator:
+        cli = make_cli(tmp_path, home, emulator)
         try:
-            done = wait_for(lambda: [r for r in rounds(api, auth, "COMPLETED")
-                                     if r["start_time"] > (held["start_time"] or "")])  # fmt: skip
-            assert done
-            [left] = [r for r in rounds(api, auth, "CANCELLED") if r["id"] == held["id"]]
-            assert left["state"]["message"] == "caliban serve stopped before this round ended"
-            wait_for(lambda: rounds(api, auth, "PENDING", "RUNNING"))  # Ctrl-C mid-round
+            assert cli("status").returncode == 0  # starts the local Prefect server
+            api, auth = api_url(cli), auth_headers(cli)
+            argv = [str(BIN / "caliban"), "serve", "--interval", "2"]
+            log = (tmp_path / "serve.log").open("w")
+
+            def serve() -> subprocess.Popen:  # in a session of its own, as in a terminal
+                return subprocess.Popen(argv, cwd=tmp_path, env=cli.env, stdout=log,
+                                        stderr=log, start_new_session=True)  # fmt: skip
+
+            def killed_mid_round() -> list[dict]:
+                """Kill a service and its round as soon as a round runs; the rounds left
+                held (none if the round ended between the look and the kill)."""
+                first = serve()
+                try:
+                    wait_for(lambda: rounds(api, auth, "PENDING", "RUNNING"))
+                finally:
+                    os.killpg(first.pid, signal.SIGKILL)
+                    first.wait()
+                return rounds(api, auth, "PENDING", "RUNNING")
+
+            held = wait_for(killed_mid_round)
+            before = {r["id"] for r in rounds(api, auth, "COMPLETED")}
+            second = serve()
+            try:
+                wait_for(lambda: {r["id"] for r in rounds(api, auth, "COMPLETED")} - before)
+                for run in held:
+                    state = state_of(api, auth, run["id"])
+                    assert state["type"] == "CANCELLED", state
+                    assert state["message"] == "caliban serve stopped before this round ended"
+                wait_for(lambda: rounds(api, auth, "PENDING", "RUNNING"))  # Ctrl-C mid-round
+            finally:
+                os.killpg(second.pid, signal.SIGINT)  # to the service and its round, as ^C
+                second.wait(timeout=120)
+                log.close()
+            assert second.returncode == 0, (tmp_path / "serve.log").read_text()
+            assert rounds(api, auth, "PENDING", "RUNNING", "CANCELLING") == []
         finally:
-            second.send_signal(signal.SIGINT)
-            second.wait(timeout=60)
-            log.close()
-        assert second.returncode == 0, (tmp_path / "serve.log").read_text()
-        assert rounds(api, auth, "PENDING", "RUNNING", "CANCELLING") == []
+            stop = [str(BIN / "python"), "-m", "caliban_flows.server.backend", "stop"]
+            subprocess.run(stop, env={**os.environ, "CALIBAN_HOME": str(home)}, timeout=60)

@@ -159,8 +159,9 @@ def test_the_python_api_returns_the_same_table(cli, sweep):
         "import json, sys\n"
         "from caliban_flows import results\n"
         "df = results(sys.argv[1], sort='acc', top=3)\n"
+        "by_loss = list(results(sys.argv[1], objective='loss:min')['name'])\n"
         "print(json.dumps({'n': len(df), 'acc': [float(a) for a in df['acc']],"
-        " 'columns': list(df.columns)}))\n"
+        " 'columns': list(df.columns), 'by_loss': by_loss}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code, sweep], env=cli.env, cwd=cli.cwd,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -168,6 +169,8 @@ def test_the_python_api_returns_the_same_table(cli, sweep):
     got = json.loads(done.stdout.splitlines()[-1])
     assert got["n"] == 3 and got["acc"] == sorted(got["acc"], reverse=True)
     assert got["columns"][:4] == ["name", "state", "attempt", "metrics"]
+    # In the order the CLI shows under the same objective (best first, no loss last)
+    assert got["by_loss"] == [r["name"] for r in results(cli, sweep, "--objective", "loss:min")]
 
 
 def test_a_running_job_shows_its_latest_values_marked_as_such(cli, project):

@@ -117,3 +117,19 @@ def test_metrics_are_final_only_for_jobs_known_to_have_ended(tmp_path):
                                                             Platforms()).rows}  # fmt: skip
     # UNKNOWN: its platform did not answer, so it may still be running and writing
     assert marked == {"job_1": "latest", "job_2": "latest", "job_3": "final"}
+
+
+def test_an_ended_jobs_metrics_are_read_once_per_process(tmp_path):
+    """The first `caliban results` after a group settles publishes the run's artifacts, then
+    prints the table: one read of an ended job's metrics serves both. A running job's are
+    read every time, and so are an ended job's that showed none yet."""
+    rows = [_row(1, 0.1), _row(2, 0.2, "RUNNING"), _row(3, 0.3, "FAILED")]
+    for row, loss in zip(rows, (0.5, 0.6, None)):
+        _write(tmp_path, row, None if loss is None else {"loss": loss})
+    run = _run(tmp_path, None)
+    first = {r["name"]: r.get("loss") for r in read_results(run, rows, Platforms()).rows}
+    assert first == {"job_1": 0.5, "job_2": 0.6, "job_3": None}
+    for row, loss in zip(rows, (0.9, 0.7, 0.8)):  # what a second read would find
+        _write(tmp_path, row, {"loss": loss})
+    again = {r["name"]: r.get("loss") for r in read_results(run, rows, Platforms()).rows}
+    assert again == {"job_1": 0.5, "job_2": 0.7, "job_3": 0.8}
