@@ -15,6 +15,7 @@ import threading
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from caliban_flows.state import prefect_api
@@ -217,3 +218,39 @@ def test_two_waiters_free_a_dead_holders_lease_once(api):
         thread.join(90)
     assert sorted(outcomes) == ["busy", "held"]
     assert len(freed) == 1
+
+
+class BusyServer(httpx.BaseTransport):
+    """The server's answer to the first `times` lease requests: 503, as a SQLite-backed Prefect
+    gives it (after the client's own retries) while its write lock stays taken."""
+
+    def __init__(self, inner: httpx.BaseTransport, times: int) -> None:
+        self.inner, self.left = inner, times
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/increment-with-lease") and self.left:
+            self.left -= 1
+            return httpx.Response(503, request=request)
+        return self.inner.handle_request(request)
+
+
+def test_a_busy_server_is_waited_on_like_a_taken_lease(api):
+    """Seen in a full run: a 503 on taking a group's submission lease failed the group."""
+    url, _ = api
+    name = fresh_name()
+    with prefect_api.client(url) as http:
+        http._transport = BusyServer(http._transport, times=2)
+        calls = lease_calls(http)
+        with held(http, name, wait=30, on_wait=lambda: pytest.fail("nobody holds it")):
+            pass
+    assert [(what, status) for what, status, _ in calls] == [
+        ("increment", 503), ("increment", 503), ("increment", 200), ("decrement", 204)
+    ]  # fmt: skip
+
+
+def test_a_server_busy_past_the_wait_is_its_error(api):
+    url, _ = api
+    with prefect_api.client(url) as http:
+        http._transport = BusyServer(http._transport, times=1)
+        with pytest.raises(httpx.HTTPStatusError, match="503"), held(http, fresh_name(), wait=0):
+            pass
